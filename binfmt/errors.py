@@ -1,0 +1,109 @@
+"""The library's exceptions.
+
+Every error is a :class:`BinfmtError`, and each also inherits the builtin a
+caller would naturally catch (``ValueError`` for bad input, ``OSError``
+subclasses for the kernel's answers), so ``except ValueError`` keeps working
+for code that does not know this library.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+from typing import Optional
+
+__all__ = [
+    "BinfmtError",
+    "InvalidEntry",
+    "KernelError",
+    "MalformedStatus",
+    "NotMounted",
+    "PermissionDenied",
+    "UnknownTarget",
+]
+
+
+class BinfmtError(Exception):
+    """Base class of every error raised by :mod:`binfmt`."""
+
+
+class InvalidEntry(BinfmtError, ValueError):
+    """A register line or entry that the kernel would refuse.
+
+    ``field`` names the part at fault (``"name"``, ``"offset"``, ``"magic"`` …),
+    ``value`` is the offending text as given, and ``errno`` is what the
+    kernel's ``write(2)`` on ``register`` would fail with (``EINVAL`` for every
+    syntax error, ``ENAMETOOLONG`` or ``EEXIST`` for name problems).
+    """
+
+    def __init__(
+        self, field: str, value: object, rule: str, errno: int = _errno.EINVAL
+    ) -> None:
+        self.field = field
+        self.value = value
+        self.rule = rule
+        self.errno = errno
+        super().__init__(f"invalid {field} {_show(value)}: {rule}")
+
+
+class MalformedStatus(BinfmtError, ValueError):
+    """An entry file (or ``status``) whose text is not what the kernel prints."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        self.where = where
+        self.problem = problem
+        super().__init__(f"{where}: {problem}")
+
+
+class UnknownTarget(BinfmtError, LookupError):
+    """A QEMU target, alias or OCI platform name that the table does not know."""
+
+
+class NotMounted(BinfmtError, FileNotFoundError):
+    """binfmt_misc is not mounted at the given path."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            _errno.ENOENT,
+            f"binfmt_misc is not mounted at {path}: mount it with "
+            f"'mount -t binfmt_misc binfmt_misc {path}' (as root), "
+            "or pass --procfs DIR",
+        )
+        self.filename = path
+
+
+class PermissionDenied(BinfmtError, PermissionError):
+    """The caller may not read or write the binfmt_misc files."""
+
+    def __init__(self, path: str, action: str) -> None:
+        super().__init__(
+            _errno.EACCES,
+            f"permission denied to {action} {path}: run as root "
+            "(or in a user namespace that mounted its own binfmt_misc)",
+        )
+        self.filename = path
+
+
+class KernelError(BinfmtError, OSError):
+    """The kernel refused a write; ``errno`` is the kernel's answer.
+
+    ``entry`` is the name of the entry concerned (or ``None`` for global
+    writes), and the message explains the errno in binfmt_misc's terms.
+    """
+
+    def __init__(self, err: int, path: str, message: str, entry: Optional[str] = None) -> None:
+        name = _errno.errorcode.get(err, str(err))
+        super().__init__(err, f"{message} ({name}: {os.strerror(err)})")
+        self.filename = path
+        self.entry = entry
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _show(value: object) -> str:
+    """Quote a bad value for a one-line message, shortened if it is long."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:60] + "…" + text[-15:]
+    return text
