@@ -1,0 +1,435 @@
+"""Read and write a binfmt_misc directory: the kernel's, or a fake one in tests.
+
+:class:`BinfmtMisc` reads the directory into a :class:`State` (entries in the
+kernel's lookup order, newest first) and performs the kernel's writes: each
+write is exactly one ``write(2)`` call, because the kernel parses every write
+on its own (spec §1.1), and every ``OSError`` comes back as a library error
+carrying the kernel's errno.
+
+**Fake trees.** A directory laid out like binfmt_misc, but made of ordinary
+files, is treated as a simulated kernel: the kernel's ``register`` file is
+write-only, a fake one is readable and lists the entry names in lookup
+order, newest first, one per line. Writes to a fake tree are carried out the
+way the kernel would (parse, refuse with the kernel's errno, create, enable,
+disable, remove), so code under test can run against it unchanged. Build one
+with :func:`binfmt.testing.make_fake_procfs`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Iterator
+from typing import Optional, Union
+
+import attrs
+
+from .entry import Entry, Flags
+from .errors import (
+    InvalidEntry,
+    KernelError,
+    MalformedStatus,
+    NotMounted,
+    PermissionDenied,
+)
+from .kernel import KernelRules
+
+__all__ = ["DEFAULT_PATH", "BinfmtMisc", "State"]
+
+DEFAULT_PATH = "/proc/sys/fs/binfmt_misc"
+_SPECIAL = ("register", "status")
+
+
+@attrs.frozen
+class State:
+    """What one binfmt_misc instance holds, read at one moment."""
+
+    #: The directory read.
+    path: str
+    #: Whether binfmt_misc (or a fake of it) is there.
+    mounted: bool
+    #: The global switch (``status``); ``None`` when not mounted.
+    enabled: Optional[bool] = None
+    #: Every entry, in the kernel's lookup order: newest first.
+    entries: tuple[Entry, ...] = ()
+    #: Entry files that exist but could not be read (permission denied).
+    unreadable: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Entry]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def get(self, name: str) -> Optional[Entry]:
+        """The entry called ``name``, or ``None``."""
+        for entry in self.entries:
+            if entry.name == name:
+                return entry
+        return None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.name for e in self.entries)
+
+    def candidates(self, header: bytes, path: str = "") -> list[Entry]:
+        """Every enabled entry that matches, in lookup order (the first one wins)."""
+        if not self.enabled:
+            return []
+        return [e for e in self.entries if e.enabled and e.matches(header, path)]
+
+    def lookup(self, header: bytes, path: str = "") -> Optional[Entry]:
+        """The entry the kernel picks for a file, or ``None`` (then other binfmts run).
+
+        The kernel takes the first enabled match, newest first, and never
+        falls back to an older one, even if the winner's interpreter is missing.
+        """
+        if not self.enabled:
+            return None
+        for entry in self.entries:
+            if entry.enabled and entry.matches(header, path):
+                return entry
+        return None
+
+
+class BinfmtMisc:
+    """A binfmt_misc directory: ``/proc/sys/fs/binfmt_misc`` or any tree laid out like it.
+
+    ``kernel`` gives the rules used to explain refusals and to emulate a
+    fake tree (default: the running kernel's).
+    """
+
+    def __init__(self, path: str = DEFAULT_PATH, kernel: Optional[KernelRules] = None) -> None:
+        self.path = os.fspath(path)
+        self._kernel = kernel
+
+    def __repr__(self) -> str:
+        return f"BinfmtMisc({self.path!r})"
+
+    @property
+    def kernel(self) -> KernelRules:
+        return self._kernel or KernelRules.running()
+
+    def _file(self, name: str) -> str:
+        return os.path.join(self.path, name)
+
+    # -- reading ------------------------------------------------------------
+
+    def is_mounted(self) -> bool:
+        """Whether binfmt_misc (or a fake) is at :attr:`path`: its ``status`` file exists."""
+        return os.path.isfile(self._file("status"))
+
+    def is_fake(self) -> bool:
+        """A fake tree's ``register`` is a readable file; the kernel's is write-only."""
+        try:
+            with open(self._file("register"), "rb") as f:
+                f.read(1)
+        except OSError:
+            return False
+        return True
+
+    def state(self) -> State:
+        """Read everything: mount, global switch, entries in lookup order.
+
+        Entries that vanish between listing and reading are skipped, unreadable
+        ones are listed in :attr:`State.unreadable`. Raises
+        :class:`~binfmt.errors.PermissionDenied` if the directory itself
+        cannot be listed, :class:`~binfmt.errors.MalformedStatus` naming the
+        file if an entry's text is not what the kernel prints.
+        """
+        if not self.is_mounted():
+            return State(path=self.path, mounted=False)
+        enabled = self.read_enabled()
+        entries: list[Entry] = []
+        unreadable: list[str] = []
+        for name in self._lookup_order():
+            try:
+                entries.append(self.read_entry(name))
+            except FileNotFoundError:
+                continue  # removed while we were reading: it is gone
+            except PermissionDenied:
+                unreadable.append(name)
+        return State(
+            path=self.path,
+            mounted=True,
+            enabled=enabled,
+            entries=tuple(entries),
+            unreadable=tuple(unreadable),
+        )
+
+    def require_mounted(self) -> None:
+        """Raise :class:`~binfmt.errors.NotMounted` (with the fix) unless mounted."""
+        if not self.is_mounted():
+            raise NotMounted(self.path)
+
+    def read_enabled(self) -> bool:
+        """The global switch, from ``status``."""
+        text = self._read("status")
+        if text == b"enabled\n":
+            return True
+        if text == b"disabled\n":
+            return False
+        raise MalformedStatus(self._file("status"), f"{text!r} is neither 'enabled' nor 'disabled'")
+
+    def read_entry(self, name: str) -> Entry:
+        """Read and parse one entry file."""
+        text = self._read(name)
+        try:
+            return Entry.from_status(name, text)
+        except MalformedStatus as exc:
+            raise MalformedStatus(self._file(name), exc.problem) from None
+
+    def names(self) -> list[str]:
+        """Entry names in lookup order (newest first)."""
+        return self._lookup_order()
+
+    def _lookup_order(self) -> list[str]:
+        try:
+            listing = [n for n in os.listdir(self.path) if n not in _SPECIAL]
+        except PermissionError:
+            raise PermissionDenied(self.path, "list") from None
+        except FileNotFoundError:
+            raise NotMounted(self.path) from None
+        if not self.is_fake():
+            # The kernel lists entries newest first, which is its match order.
+            return listing
+        listed = _read_order(self._file("register"))
+        present = set(listing)
+        ordered = [n for n in listed if n in present]
+        seen = set(ordered)
+        return ordered + [n for n in listing if n not in seen]
+
+    def _read(self, name: str) -> bytes:
+        path = self._file(name)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except PermissionError:
+            raise PermissionDenied(path, "read") from None
+
+    # -- writing ------------------------------------------------------------
+
+    def register(self, entry: Union[Entry, str, bytes]) -> None:
+        """Register an entry (or a raw register line) with one write.
+
+        Raises :class:`~binfmt.errors.KernelError` with the kernel's errno and
+        an explanation (EEXIST: the name is taken; ENOENT/EACCES with ``F``: the
+        interpreter cannot be opened; EINVAL: the line was refused, with the
+        reason when this library can tell it).
+        """
+        if isinstance(entry, Entry):
+            line = entry.to_register(self.kernel)
+            name: Optional[str] = entry.name
+        else:
+            line = entry.decode("utf-8", "surrogateescape") if isinstance(entry, bytes) else entry
+            name = _guess_name(line)
+        data = line.encode("utf-8", "surrogateescape")
+        try:
+            self._write("register", data)
+        except OSError as exc:
+            raise self._register_error(exc, line, name) from None
+
+    def enable(self, name: str) -> None:
+        """Turn one entry on (``1``)."""
+        self._command(name, b"1", "enable")
+
+    def disable(self, name: str) -> None:
+        """Turn one entry off (``0``): it stays listed but never matches."""
+        self._command(name, b"0", "disable")
+
+    def remove(self, name: str) -> None:
+        """Remove one entry (``-1``)."""
+        self._command(name, b"-1", "remove")
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Turn binfmt_misc as a whole on or off (``status``); entries keep their own state."""
+        self._command("status", b"1" if enabled else b"0", "enable" if enabled else "disable")
+
+    def remove_all(self) -> None:
+        """Remove every entry, whoever made it (``-1`` to ``status``). Use with care."""
+        self._command("status", b"-1", "remove all entries of")
+
+    def _command(self, name: str, payload: bytes, action: str) -> None:
+        if name in _SPECIAL and name != "status":
+            raise KernelError(errno.EINVAL, self._file(name), f"{name!r} is not an entry")
+        try:
+            self._write(name, payload)
+        except FileNotFoundError:
+            if not self.is_mounted():
+                raise NotMounted(self.path) from None
+            raise KernelError(
+                errno.ENOENT, self._file(name), f"cannot {action} {name!r}: no such entry", name
+            ) from None
+        except PermissionError:
+            raise PermissionDenied(self._file(name), f"{action}") from None
+        except OSError as exc:
+            raise KernelError(
+                exc.errno or errno.EIO, self._file(name), f"cannot {action} {name!r}", name
+            ) from None
+
+    def _write(self, name: str, data: bytes) -> None:
+        """Exactly one ``write(2)`` of ``data`` to ``name`` (emulated on a fake tree)."""
+        path = self._file(name)
+        if self.is_fake():
+            _FakeKernel(self.path, self.kernel).write(name, data)
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            written = os.write(fd, data)
+        finally:
+            os.close(fd)
+        if written != len(data):  # the kernel consumes whole writes or fails
+            raise OSError(errno.EIO, f"short write to {path}: {written} of {len(data)} bytes")
+
+    def _register_error(self, exc: OSError, line: str, name: Optional[str]) -> Exception:
+        err = exc.errno or errno.EIO
+        path = self._file("register")
+        who = f"entry {name!r}" if name else "the register line"
+        if err == errno.ENOENT and not self.is_mounted():
+            return NotMounted(self.path)
+        if err == errno.EACCES and not isinstance(exc, _FakeRefusal) and _is_open_error(exc):
+            return PermissionDenied(path, "write to")
+        interpreter, flags = _guess_interpreter_and_flags(line)
+        fixed = flags is not None and Flags.FIX_BINARY in flags
+        if err == errno.EEXIST:
+            msg = f"cannot register {who}: an entry with that name already exists"
+        elif err == errno.EINVAL:
+            msg = f"cannot register {who}: the kernel refused the line"
+            reason = _explain_refusal(line, self.kernel)
+            if reason:
+                msg += f" ({reason})"
+        elif fixed and err in (errno.ENOENT, errno.EACCES, errno.ENOTDIR, errno.ELOOP):
+            msg = (
+                f"cannot register {who}: the F flag opens the interpreter {interpreter!r} now, "
+                "and it is missing or not executable"
+            )
+        elif fixed and err == errno.ETXTBSY:
+            msg = f"cannot register {who}: the interpreter {interpreter!r} is open for writing"
+        elif err == errno.ENAMETOOLONG:
+            msg = f"cannot register {who}: the name is longer than 255 bytes"
+        else:
+            msg = f"cannot register {who}"
+        return KernelError(err, path, msg, name)
+
+
+class _FakeRefusal(OSError):
+    """An errno the fake kernel answers with (so EACCES is not taken for a permission problem)."""
+
+
+def _is_open_error(exc: OSError) -> bool:
+    # os.open() failures carry the file name; the kernel's write() refusals do not.
+    return exc.filename is not None
+
+
+def _explain_refusal(line: str, kernel: KernelRules) -> Optional[str]:
+    try:
+        Entry.parse(line, kernel)
+    except InvalidEntry as exc:
+        return str(exc)
+    return None
+
+
+def _guess_name(line: str) -> Optional[str]:
+    if len(line) < 2:
+        return None
+    name = line[1:].split(line[0], 1)[0]
+    return name or None
+
+
+def _guess_interpreter_and_flags(line: str) -> tuple[str, Optional[Flags]]:
+    try:
+        entry = Entry.parse(line, KernelRules(flag_letters="POCFTLD"))
+    except InvalidEntry:
+        return "", None
+    return entry.interpreter, entry.flags
+
+
+def _read_order(path: str) -> list[str]:
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", "surrogateescape")
+    return [line for line in text.split("\n") if line]
+
+
+def _write_order(path: str, names: Iterable[str]) -> None:
+    text = "".join(f"{n}\n" for n in names)
+    with open(path, "wb") as f:
+        f.write(text.encode("utf-8", "surrogateescape"))
+
+
+class _FakeKernel:
+    """The kernel's side of the writes, carried out on a fake tree (spec §1, §3)."""
+
+    def __init__(self, path: str, kernel: KernelRules) -> None:
+        self.path = path
+        self.kernel = kernel
+        self.order_file = os.path.join(path, "register")
+
+    def write(self, name: str, data: bytes) -> None:
+        if name == "register":
+            self._register(data)
+            return
+        target = os.path.join(self.path, name)
+        if not os.path.isfile(target):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), target)
+        command = _parse_command(data)
+        if command is None:
+            return
+        if name == "status":
+            self._status(command)
+        else:
+            self._entry(name, command)
+
+    def _register(self, data: bytes) -> None:
+        try:
+            entry = Entry.parse(data, self.kernel)
+        except InvalidEntry as exc:
+            raise _FakeRefusal(exc.errno, os.strerror(exc.errno)) from None
+        order = self._order()
+        if Flags.FIX_BINARY in entry.flags:
+            interp = entry.interpreter
+            if not os.path.exists(interp):
+                raise _FakeRefusal(errno.ENOENT, os.strerror(errno.ENOENT))
+            if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
+                raise _FakeRefusal(errno.EACCES, os.strerror(errno.EACCES))
+        if entry.name in order:
+            raise _FakeRefusal(errno.EEXIST, os.strerror(errno.EEXIST))
+        self._save(entry)
+        _write_order(self.order_file, [entry.name, *order])
+
+    def _status(self, command: str) -> None:
+        status = os.path.join(self.path, "status")
+        if command == "-1":
+            for name in self._order():
+                os.unlink(os.path.join(self.path, name))
+            _write_order(self.order_file, [])
+        else:
+            with open(status, "wb") as f:
+                f.write(b"enabled\n" if command == "1" else b"disabled\n")
+
+    def _entry(self, name: str, command: str) -> None:
+        if command == "-1":
+            os.unlink(os.path.join(self.path, name))
+            _write_order(self.order_file, [n for n in self._order() if n != name])
+            return
+        with open(os.path.join(self.path, name), "rb") as f:
+            entry = Entry.from_status(name, f.read())
+        self._save(attrs.evolve(entry, enabled=command == "1"))
+
+    def _order(self) -> list[str]:
+        return [n for n in _read_order(self.order_file) if os.path.exists(os.path.join(self.path, n))]
+
+    def _save(self, entry: Entry) -> None:
+        with open(os.path.join(self.path, entry.name), "wb") as f:
+            f.write(entry.to_status().encode("utf-8", "surrogateescape"))
+
+
+def _parse_command(data: bytes) -> Optional[str]:
+    """parse_command(): ``0``, ``1`` or ``-1`` with one optional newline; empty does nothing."""
+    if len(data) > 3:
+        raise _FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))
+    if not data:
+        return None
+    body = data[:-1] if data.endswith(b"\n") else data
+    if body in (b"0", b"1", b"-1"):
+        return body.decode()
+    raise _FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))
