@@ -59,7 +59,14 @@ class UnknownTarget(BinfmtError, LookupError):
     """A QEMU target, alias or OCI platform name that the table does not know."""
 
 
-class NotMounted(BinfmtError, FileNotFoundError):
+class _OneLineOSError(OSError):
+    """An OSError whose ``str()`` is just its message (no ``[Errno N]`` prefix)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class NotMounted(BinfmtError, _OneLineOSError, FileNotFoundError):
     """binfmt_misc is not mounted at the given path."""
 
     def __init__(self, path: str) -> None:
@@ -72,7 +79,7 @@ class NotMounted(BinfmtError, FileNotFoundError):
         self.filename = path
 
 
-class PermissionDenied(BinfmtError, PermissionError):
+class PermissionDenied(BinfmtError, _OneLineOSError, PermissionError):
     """The caller may not read or write the binfmt_misc files."""
 
     def __init__(self, path: str, action: str) -> None:
@@ -84,7 +91,7 @@ class PermissionDenied(BinfmtError, PermissionError):
         self.filename = path
 
 
-class KernelError(BinfmtError, OSError):
+class KernelError(BinfmtError, _OneLineOSError):
     """The kernel refused a write; ``errno`` is the kernel's answer.
 
     ``entry`` is the name of the entry concerned (or ``None`` for global
@@ -96,9 +103,6 @@ class KernelError(BinfmtError, OSError):
         super().__init__(err, f"{message} ({name}: {os.strerror(err)})")
         self.filename = path
         self.entry = entry
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 def _show(value: object) -> str:

@@ -12,8 +12,8 @@ It writes
 - ``tests/data/procfs/<scenario>/``: whole binfmt_misc trees, copied from the
   kernel after registering each scenario's lines in order, with ``register``
   listing the entries in the kernel's directory order (newest first) — the
-  fake-tree convention of :mod:`binfmt.procfs` — and a ``KERNEL`` file with
-  the ``uname -r`` that produced them.
+  fake-tree convention of :mod:`binfmt.procfs`; ``tests/data/procfs/SOURCE``
+  names the kernel that produced them.
 
 Everything happens inside a :class:`binfmt.sandbox.Sandbox`; the host's
 instance is never touched.
@@ -268,7 +268,6 @@ def capture_tree(box: Sandbox, name: str, lines: list[str], dest: Path) -> None:
     shutil.copyfile(os.path.join(misc.path, "status"), dest / "status")
     names = [n for n in order if n not in ("register", "status")]
     (dest / "register").write_bytes(b"".join(n.encode() + b"\n" for n in names))
-    (dest / "KERNEL").write_text(os.uname().release + "\n")
     box.reset()
 
 
@@ -284,6 +283,10 @@ def main() -> int:
         scenarios["debian-qemu-user-static"] = _debian_lines()
         for name, lines in scenarios.items():
             capture_tree(box, name, lines, DATA / "procfs" / name)
+        (DATA / "procfs" / "SOURCE").write_text(
+            f"Captured from a private binfmt_misc instance on Linux {os.uname().release}\n"
+            "by tests/tools/capture_kernel_fixtures.py.\n"
+        )
     accepted = sum(1 for r in corpus if "status" in r)
     print(f"{len(corpus)} lines ({accepted} accepted), {len(scenarios)} trees, kernel {header}")
     return 0

@@ -1,0 +1,202 @@
+"""The machine we run on: its kernel and what it executes without emulation.
+
+QEMU's script guesses by "family" (an x86_64 host never registers i386, an
+aarch64 host never registers arm). The real answer is per kernel and per
+CPU: i386 runs on x86_64 only with IA32 emulation (``CONFIG_IA32_EMULATION``,
+and not switched off with ``ia32_emulation=0`` since 6.7); AArch32 runs on
+arm64 only if the kernel has ``CONFIG_COMPAT`` and the CPU implements
+32-bit EL0, which recent cores (Neoverse V2, Cortex-X2 and later, Apple
+silicon) do not. :meth:`Host.detect` reads what the kernel tells about this;
+where it cannot know, :attr:`Host.unknown` says so and callers treat the
+target as foreign (registering an emulator for it is safe; skipping one that
+was needed is not).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import sys
+from typing import Optional
+
+import attrs
+
+from .kernel import KernelRules
+
+__all__ = ["Host", "primary_target"]
+
+# uname -m → the QEMU target of the kernel's own binaries.
+_MACHINE_TARGET = {
+    "x86_64": "x86_64",
+    "amd64": "x86_64",
+    "aarch64": "aarch64",
+    "arm64": "aarch64",
+    "aarch64_be": "aarch64_be",
+    "i386": "i386",
+    "i486": "i386",
+    "i586": "i386",
+    "i686": "i386",
+    "ppc64le": "ppc64le",
+    "ppc64": "ppc64",
+    "ppc": "ppc",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+    "riscv32": "riscv32",
+    "loongarch64": "loongarch64",
+    "sparc64": "sparc64",
+    "sparc": "sparc",
+    "alpha": "alpha",
+    "m68k": "m68k",
+    "parisc": "hppa",
+    "sh4": "sh4",
+    "sh4a": "sh4",
+    "xtensa": "xtensa",
+    "or1k": "or1k",
+    "microblaze": "microblaze",
+    "hexagon": "hexagon",
+}
+
+# Compat modes: primary target → (targets it may also run, the kernel option).
+_COMPAT = {
+    "x86_64": (("i386", "i486"), "CONFIG_IA32_EMULATION"),
+    "aarch64": (("arm",), "CONFIG_COMPAT"),
+    "ppc64": (("ppc",), "CONFIG_COMPAT"),
+    "mips64": (("mips", "mipsn32"), "CONFIG_MIPS32_O32"),
+    "mips64el": (("mipsel", "mipsn32el"), "CONFIG_MIPS32_O32"),
+    "sparc64": (("sparc", "sparc32plus"), "CONFIG_COMPAT"),
+    "riscv64": (("riscv32",), "CONFIG_COMPAT"),
+}
+
+
+def primary_target(machine: str, byteorder: str = sys.byteorder) -> Optional[str]:
+    """The QEMU target of ``uname -m``'s binaries (``armv7l`` → ``arm``), or ``None``."""
+    if machine.startswith("armv") or machine == "arm":
+        return "armeb" if machine.endswith("b") else "arm"
+    if machine in ("mips", "mips64"):
+        return machine + ("el" if byteorder == "little" else "")
+    return _MACHINE_TARGET.get(machine)
+
+
+@attrs.frozen
+class Host:
+    """A machine's kernel and the QEMU targets it runs natively (primary first)."""
+
+    machine: str
+    release: str
+    #: QEMU targets whose binaries the kernel runs itself.
+    native: tuple[str, ...]
+    #: Compat targets whose support could not be determined (treated as foreign).
+    unknown: tuple[str, ...] = ()
+    #: How each compat decision was reached, for humans (``("i386", "CONFIG_IA32_EMULATION=y")``).
+    evidence: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def primary(self) -> Optional[str]:
+        return self.native[0] if self.native else None
+
+    @property
+    def kernel(self) -> KernelRules:
+        return KernelRules.for_release(self.release)
+
+    def runs_natively(self, target: str) -> bool:
+        return target in self.native
+
+    @classmethod
+    def detect(cls, root: str = "/") -> Host:
+        """This machine (``root`` lets tests point at a fake ``/proc`` and ``/boot``)."""
+        uname = os.uname()
+        return cls.from_facts(
+            uname.machine,
+            uname.release,
+            config=_kernel_config(root, uname.release),
+            cmdline=_read(os.path.join(root, "proc/cmdline")) or "",
+            aarch32_el0=_read(os.path.join(root, "sys/devices/system/cpu/aarch32_el0")),
+        )
+
+    @classmethod
+    def from_facts(
+        cls,
+        machine: str,
+        release: str,
+        *,
+        config: Optional[dict[str, str]] = None,
+        cmdline: str = "",
+        aarch32_el0: Optional[str] = None,
+        byteorder: str = sys.byteorder,
+    ) -> Host:
+        """Decide from what the kernel reports; ``config`` is the parsed kernel config."""
+        primary = primary_target(machine, byteorder)
+        if primary is None:
+            return cls(machine, release, ())
+        native = [primary]
+        unknown: list[str] = []
+        evidence: list[tuple[str, str]] = []
+        targets, option = _COMPAT.get(primary, ((), ""))
+        for target in targets:
+            verdict, why = _compat_verdict(primary, option, config, cmdline, aarch32_el0)
+            evidence.append((target, why))
+            if verdict is None:
+                unknown.append(target)
+            elif verdict:
+                native.append(target)
+        return cls(machine, release, tuple(native), tuple(unknown), tuple(evidence))
+
+
+def _compat_verdict(
+    primary: str,
+    option: str,
+    config: Optional[dict[str, str]],
+    cmdline: str,
+    aarch32_el0: Optional[str],
+) -> tuple[Optional[bool], str]:
+    if primary == "x86_64" and "ia32_emulation=0" in cmdline.split():
+        return False, "ia32_emulation=0 on the kernel command line"
+    if config is not None:
+        value = config.get(option, "n")
+        if value != "y":
+            return False, f"{option} is not set"
+        if primary == "x86_64":
+            off = config.get("CONFIG_IA32_EMULATION_DEFAULT_DISABLED") == "y"
+            if off and "ia32_emulation=1" not in cmdline.split():
+                return False, "CONFIG_IA32_EMULATION_DEFAULT_DISABLED=y"
+            return True, f"{option}=y"
+    if primary == "aarch64":
+        # Present on kernels that support mismatched 32-bit EL0: the CPUs that can.
+        if aarch32_el0 is not None:
+            can = aarch32_el0.strip() != ""
+            return can, f"aarch32_el0 lists {aarch32_el0.strip() or 'no CPU'}"
+        if config is not None:
+            return None, f"{option}=y, but whether the CPU has 32-bit EL0 is unknown"
+        return None, "no kernel config to read, and no aarch32_el0 file"
+    if config is None:
+        if primary == "x86_64":
+            # Every distro kernel enables IA32 emulation; say it is an assumption.
+            return True, "assumed (no kernel config to read)"
+        return None, "no kernel config to read"
+    return True, f"{option}=y"
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _kernel_config(root: str, release: str) -> Optional[dict[str, str]]:
+    """The running kernel's config from /proc/config.gz or /boot/config-RELEASE."""
+    text: Optional[str] = None
+    try:
+        with gzip.open(os.path.join(root, "proc/config.gz"), "rt", errors="replace") as f:
+            text = f.read()
+    except (OSError, EOFError):
+        text = _read(os.path.join(root, "boot", f"config-{release}"))
+    if text is None:
+        return None
+    config = {}
+    for line in text.splitlines():
+        if line.startswith("CONFIG_") and "=" in line:
+            key, _, value = line.partition("=")
+            config[key] = value
+    return config

@@ -1,0 +1,145 @@
+"""The ``status`` report: a :class:`~binfmt.procfs.State` as JSON and as text.
+
+The JSON document is a stable, documented schema (``docs/cli.rst``):
+
+.. code-block:: text
+
+    {"procfs": str, "mounted": bool, "enabled": bool|null,
+     "host": {"machine": str, "kernel": str, "native": [target], "platforms": [platform],
+              "unknown": [target]},
+     "entries": [{"name": str, "enabled": bool, "type": "magic"|"extension",
+                  "offset": int|null, "magic": hex|null, "mask": hex|null,
+                  "extension": str|null, "interpreter": str, "flags": str,
+                  "qemu": str|null, "platforms": [str]}],
+     "unreadable": [str]}
+
+Entries are in lookup order. ``qemu`` is the QEMU target whose binaries the
+entry matches (also for non-QEMU emulators such as FEX or Rosetta, which
+match the same binaries), ``platforms`` the OCI platforms of all targets it
+matches.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import qemu
+from .entry import Entry, EntryType
+from .host import Host
+from .procfs import State
+
+__all__ = ["entry_document", "host_document", "status_document", "status_text"]
+
+
+def entry_document(entry: Entry) -> dict[str, Any]:
+    """One entry of the ``status`` JSON."""
+    is_magic = entry.type is EntryType.MAGIC
+    targets = qemu.identify(entry)
+    exact = targets[0].name if len(targets) == 1 or (targets and _exact(entry, targets)) else None
+    platforms: list[str] = []
+    for sig in targets:
+        platforms.extend(p for p in sig.platforms if p not in platforms)
+    return {
+        "name": entry.name,
+        "enabled": entry.enabled,
+        "type": entry.type.label,
+        "offset": entry.offset if is_magic else None,
+        "magic": entry.magic.hex() if is_magic else None,
+        "mask": entry.mask.hex() if entry.mask is not None else None,
+        "extension": entry.extension,
+        "interpreter": entry.interpreter,
+        "flags": entry.flags.letters,
+        "qemu": exact,
+        "platforms": platforms,
+    }
+
+
+def _exact(entry: Entry, targets: tuple[qemu.Signature, ...]) -> bool:
+    """Whether the first identified target tests exactly the entry's bits."""
+    first = targets[0]
+    mask = entry.mask if entry.mask is not None else b"\xff" * entry.size
+    if entry.offset or mask != first.mask:
+        return False
+    return all((a ^ b) & m == 0 for a, b, m in zip(entry.magic, first.magic, mask))
+
+
+def host_document(host: Host) -> dict[str, Any]:
+    platforms: list[str] = []
+    for target in host.native:
+        platforms.extend(p for p in qemu.get(target).platforms[:1] if p not in platforms)
+    return {
+        "machine": host.machine,
+        "kernel": host.release,
+        "native": list(host.native),
+        "platforms": platforms,
+        "unknown": list(host.unknown),
+    }
+
+
+def status_document(state: State, host: Host) -> dict[str, Any]:
+    return {
+        "procfs": state.path,
+        "mounted": state.mounted,
+        "enabled": state.enabled,
+        "host": host_document(host),
+        "entries": [entry_document(e) for e in state.entries],
+        "unreadable": list(state.unreadable),
+    }
+
+
+def _matches_text(doc: dict[str, Any]) -> str:
+    if doc["type"] == "extension":
+        return f"extension .{doc['extension']}"
+    if doc["qemu"]:
+        platforms = doc["platforms"][:1]
+        return doc["qemu"] + (f" ({platforms[0]})" if platforms else "")
+    platforms = doc["platforms"]
+    if platforms:
+        more = f", … {len(platforms)} platforms" if len(platforms) > 2 else ""
+        return "ELF for " + ", ".join(platforms[:2]) + more
+    magic = doc["magic"]
+    shown = magic if len(magic) <= 24 else magic[:24] + "…"
+    return f"magic {shown}" + (f" @{doc['offset']}" if doc["offset"] else "")
+
+
+def status_text(state: State, host: Host) -> str:
+    """The human ``status`` report (an aligned table, one entry per row)."""
+    from .cli import printable
+
+    doc = host_document(host)
+    lines = []
+    if not state.mounted:
+        lines.append(f"binfmt_misc: not mounted at {state.path}")
+    else:
+        switch = "enabled" if state.enabled else "disabled (no entry is used)"
+        lines.append(f"binfmt_misc: mounted at {state.path}, {switch}")
+    native = ", ".join(doc["platforms"]) or "unknown"
+    lines.append(f"host: {host.machine}, kernel {host.release}, runs natively: {native}")
+    if host.unknown:
+        lines.append(f"      cannot tell whether it runs {', '.join(host.unknown)} natively")
+    if state.mounted:
+        count = len(state.entries)
+        if count == 0:
+            lines.append("no entries")
+        else:
+            noun = "entry" if count == 1 else "entries"
+            lines.append(f"{count} {noun}, in lookup order (the first match wins):")
+            rows = [("NAME", "ENABLED", "MATCHES", "INTERPRETER", "FLAGS")]
+            for entry in state.entries:
+                e = entry_document(entry)
+                rows.append(
+                    (
+                        printable(e["name"]),
+                        "yes" if e["enabled"] else "no",
+                        printable(_matches_text(e)),
+                        printable(e["interpreter"]),
+                        e["flags"] or "-",
+                    )
+                )
+            widths = [max(len(r[i]) for r in rows) for i in range(4)]
+            for row in rows:
+                cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
+                lines.append("  " + "  ".join(cells).rstrip())
+        for name in state.unreadable:
+            lines.append(f"  {printable(name)}: cannot be read (permission denied)")
+    return "\n".join(lines) + "\n"
