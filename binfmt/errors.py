@@ -36,9 +36,7 @@ class InvalidEntry(BinfmtError, ValueError):
     syntax error, ``ENAMETOOLONG`` or ``EEXIST`` for name problems).
     """
 
-    def __init__(
-        self, field: str, value: object, rule: str, errno: int = _errno.EINVAL
-    ) -> None:
+    def __init__(self, field: str, value: object, rule: str, errno: int = _errno.EINVAL) -> None:
         self.field = field
         self.value = value
         self.rule = rule
@@ -103,6 +101,11 @@ class KernelError(BinfmtError, _OneLineOSError):
         super().__init__(err, f"{message} ({name}: {os.strerror(err)})")
         self.filename = path
         self.entry = entry
+
+    @property
+    def errno_name(self) -> str:
+        """The errno's symbolic name (``"EEXIST"``), as JSON output spells it."""
+        return _errno.errorcode.get(self.errno or 0, str(self.errno))
 
 
 def _show(value: object) -> str:

@@ -92,7 +92,7 @@ def _matches_text(doc: dict[str, Any]) -> str:
         return f"extension .{doc['extension']}"
     if doc["qemu"]:
         platforms = doc["platforms"][:1]
-        return doc["qemu"] + (f" ({platforms[0]})" if platforms else "")
+        return str(doc["qemu"]) + (f" ({platforms[0]})" if platforms else "")
     platforms = doc["platforms"]
     if platforms:
         more = f", … {len(platforms)} platforms" if len(platforms) > 2 else ""

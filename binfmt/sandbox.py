@@ -16,6 +16,7 @@ Nothing here ever touches the host's ``/proc/sys/fs/binfmt_misc``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -225,8 +226,6 @@ class Sandbox:
                 if stream:
                     stream.close()
         if self._tmp:
-            try:
+            with contextlib.suppress(OSError):
                 os.rmdir(self._tmp)
-            except OSError:
-                pass
             self._tmp = None

@@ -42,7 +42,7 @@ FakeFactory = Callable[..., BinfmtMisc]
 
 
 def make_fake_procfs(
-    path: Union[str, "os.PathLike[str]"],
+    path: Union[str, os.PathLike[str]],
     entries: Iterable[Union[Entry, str, bytes]] = (),
     *,
     enabled: bool = True,

@@ -9,7 +9,6 @@ true is noticed.
 from __future__ import annotations
 
 import base64
-import errno
 import json
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,7 @@ def _recorded(record: dict[str, Any]) -> tuple[str, object]:
 
 @pytest.mark.parametrize("record", RECORDS, ids=_id)
 def test_parser_agrees_with_recorded_kernel(record: dict[str, Any]) -> None:
-    """For every recorded line, the library accepts, refuses (same errno) and renders as the kernel did."""
+    """Each recorded line is accepted, refused (same errno) and rendered as the kernel did."""
     line = base64.b64decode(record["line"])
     assert expected(line, RULES) == _recorded(record)
 
@@ -82,7 +81,7 @@ def test_corpus_still_true_on_this_kernel(binfmt_sandbox: Sandbox) -> None:
         try:
             misc.register(line)
         except KernelError as exc:
-            got: tuple[str, object] = ("err", errno.errorcode[exc.errno])
+            got: tuple[str, object] = ("err", exc.errno_name)
         else:
             (name,) = [n for n in misc.names() if n not in before]
             with open(f"{misc.path}/{name}", "rb") as f:

@@ -22,7 +22,6 @@ instance is never touched.
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import os
 import shutil
@@ -235,7 +234,7 @@ def capture_corpus(box: Sandbox) -> list[dict[str, object]]:
         try:
             misc.register(line)
         except KernelError as exc:
-            record["errno"] = errno.errorcode[exc.errno]
+            record["errno"] = exc.errno_name
         else:
             new = [n for n in misc.names() if n not in before]
             assert len(new) == 1, new

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Install what the kernel and QEMU test layers need (Debian/Ubuntu, as root):
+# Debian's qemu-user-static (the emulators), util-linux (unshare), file(1)
+# (a benchmark baseline), and real foreign-architecture Debian binaries
+# (tests/fetch-debian.sh). Safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then
+    echo "setup-system.sh: error: run as root (it uses apt-get)" >&2
+    exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+missing=""
+for pkg in qemu-user-static util-linux file dpkg-dev; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    # With foreign architectures added, apt-get update can exit 100 for one
+    # missing index while everything needed loads: check the install instead.
+    apt-get update -q || echo "setup-system.sh: apt-get update exited $? (checking packages instead)" >&2
+    # binfmt-support is kept out: it would register entries in the host's
+    # global binfmt_misc, which the tests never touch.
+    apt-get install -y -q --no-install-recommends $missing binfmt-support-
+fi
+for tool in qemu-aarch64-static unshare file; do
+    command -v "$tool" >/dev/null 2>&1 || { echo "setup-system.sh: error: $tool missing after install" >&2; exit 1; }
+done
+tests/fetch-debian.sh tests/.cache/debian
