@@ -63,8 +63,10 @@ def printable(text: str) -> str:
     """Show control characters and undecodable bytes escaped, so one entry stays one line."""
     if text.isprintable():
         return text
-    return text.encode("utf-8", "surrogateescape").decode("ascii", "backslashreplace").translate(
-        _CONTROL
+    return (
+        text.encode("utf-8", "surrogateescape")
+        .decode("ascii", "backslashreplace")
+        .translate(_CONTROL)
     )
 
 

@@ -174,7 +174,9 @@ class Entry:
             raise InvalidEntry("extension", ext, "must not contain '/' or a NUL byte")
         if self.magic or self.mask is not None or self.offset:
             raise InvalidEntry(
-                "type", "E", "an extension entry has no offset, magic or mask (the kernel skips them)"
+                "type",
+                "E",
+                "an extension entry has no offset, magic or mask (the kernel skips them)",
             )
 
     def _check_magic_fields(self) -> None:
@@ -361,7 +363,9 @@ def _check_flag_combinations(flags: Flags, interpreter: str, rules: KernelRules)
     if Flags.LOADER in flags and flags & (
         Flags.TRANSPARENT | Flags.PRESERVE_ARGV0 | Flags.OPEN_BINARY
     ):
-        raise InvalidEntry("flags", flags.letters, "L (loader) cannot be combined with T, P, O or C")
+        raise InvalidEntry(
+            "flags", flags.letters, "L (loader) cannot be combined with T, P, O or C"
+        )
     if (
         rules.requires_absolute_credentials_interpreter
         and flags & (Flags.CREDENTIALS | Flags.LOADER)
@@ -384,9 +388,7 @@ def _escape(data: bytes, delim: str, literal: frozenset[int]) -> str:
     d = ord(delim)
     # Bytes above 0x7f become lone surrogates, which _encode() turns back into
     # the same single byte.
-    return "".join(
-        _decode(bytes((b,))) if b in literal and b != d else f"\\x{b:02x}" for b in data
-    )
+    return "".join(_decode(bytes((b,))) if b in literal and b != d else f"\\x{b:02x}" for b in data)
 
 
 def _choose_delimiter(texts: list[str]) -> str:
@@ -423,9 +425,9 @@ class _RegisterParser:
         if self.delim != 0:
             nul = self.buf.find(0, start)
             if nul != -1 and (end == -1 or nul < end):
-                raise self.fail(name, _decode(self.buf[start:nul + 1]), "contains a raw NUL byte")
+                raise self.fail(name, _decode(self.buf[start : nul + 1]), "contains a raw NUL byte")
         if end == -1:
-            raise self.fail(name, _decode(self.buf[start:self.count]), "missing its delimiter")
+            raise self.fail(name, _decode(self.buf[start : self.count]), "missing its delimiter")
         self.pos = end + 1
         return self.buf[start:end]
 
@@ -435,7 +437,7 @@ class _RegisterParser:
         buf = self.buf
         while True:
             if s >= len(buf):
-                raise self.fail(name, _decode(buf[start:self.count]), "missing its delimiter")
+                raise self.fail(name, _decode(buf[start : self.count]), "missing its delimiter")
             c = buf[s]
             s += 1
             if c == self.delim:
@@ -446,17 +448,19 @@ class _RegisterParser:
                     if s >= len(buf) or buf[s] not in _HEX:
                         raise self.fail(
                             name,
-                            _decode(buf[start:min(s + 1, self.count)]),
+                            _decode(buf[start : min(s + 1, self.count)]),
                             r"'\x' must be followed by two hex digits",
                         )
                     s += 1
         self.pos = s
-        return buf[start:s - 1]
+        return buf[start : s - 1]
 
     def parse(self) -> Entry:
         rules = self.rules
         if self.count < 11:
-            raise self.fail("line", _decode(self.data), "shorter than 11 bytes, the kernel's minimum")
+            raise self.fail(
+                "line", _decode(self.data), "shorter than 11 bytes, the kernel's minimum"
+            )
         if self.count > rules.max_register_length:
             raise self.fail(
                 "line",
@@ -479,7 +483,7 @@ class _RegisterParser:
             raise self.fail("type", chr(type_char), "must be 'M' (magic) or 'E' (extension)")
         if self.buf[self.pos] != self.delim:
             raise self.fail(
-                "type", _decode(self.buf[self.pos - 1:self.pos + 1]), "must be one letter, M or E"
+                "type", _decode(self.buf[self.pos - 1 : self.pos + 1]), "must be one letter, M or E"
             )
         self.pos += 1
 
@@ -526,7 +530,9 @@ class _RegisterParser:
             raise self.fail("name", name, f"is longer than {NAME_MAX} bytes (NAME_MAX)", err)
         if name in RESERVED_NAMES:
             err = errno.EEXIST if rules.precise_errors else errno.EINVAL
-            raise self.fail("name", name, "is one of the kernel's own files (register, status)", err)
+            raise self.fail(
+                "name", name, "is one of the kernel's own files (register, status)", err
+            )
         return Entry(
             name=name,
             interpreter=interpreter,
@@ -577,14 +583,16 @@ class _RegisterParser:
         if p >= len(self.buf):
             # Only reachable when the delimiter is a flag letter on a kernel
             # that allows it: the scan runs past the padding (out of bounds).
-            raise self.fail("flags", _decode(self.buf[start:self.count]), "run past the line's end")
-        seen = _decode(self.buf[start:min(p, self.count)])
+            raise self.fail(
+                "flags", _decode(self.buf[start : self.count]), "run past the line's end"
+            )
+        seen = _decode(self.buf[start : min(p, self.count)])
         if self.buf[p] == 0x0A:
             p += 1
         if p != self.count:
             raise self.fail(
                 "flags",
-                _decode(self.buf[start:self.count]),
+                _decode(self.buf[start : self.count]),
                 f"only the letters {letters} then one optional newline may follow the interpreter",
             )
         enabled = "D" not in seen
@@ -631,7 +639,7 @@ def _parse_status(name: str, text: str) -> Entry:
         line = lines[index]
         if not line.startswith(prefix):
             raise MalformedStatus(where, f"line {index + 1} {line!r} should start with {prefix!r}")
-        return line[len(prefix):]
+        return line[len(prefix) :]
 
     state = lines[0]
     if state not in ("enabled", "disabled"):
@@ -652,7 +660,7 @@ def _parse_status(name: str, text: str) -> Entry:
                 name,
                 interpreter,
                 type=EntryType.EXTENSION,
-                extension=lines[3][len("extension ."):],
+                extension=lines[3][len("extension .") :],
                 flags=flags,
                 enabled=state == "enabled",
             )

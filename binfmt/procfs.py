@@ -416,7 +416,9 @@ class _FakeKernel:
         self._save(attrs.evolve(entry, enabled=command == "1"))
 
     def _order(self) -> list[str]:
-        return [n for n in _read_order(self.order_file) if os.path.exists(os.path.join(self.path, n))]
+        return [
+            n for n in _read_order(self.order_file) if os.path.exists(os.path.join(self.path, n))
+        ]
 
     def _save(self, entry: Entry) -> None:
         with open(os.path.join(self.path, entry.name), "wb") as f:
