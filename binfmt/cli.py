@@ -101,6 +101,7 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_status(commands)
+    _add_check(commands)
     return parser
 
 
@@ -149,3 +150,55 @@ def _run_status(args: argparse.Namespace) -> int:
     if not state.mounted:
         misc.require_mounted()  # raises NotMounted, whose message says how to mount
     return EXIT_OK
+
+
+# -- check ------------------------------------------------------------------
+
+
+def _add_check(commands: Any) -> None:
+    p = commands.add_parser(
+        "check",
+        help="predict what the kernel does when each file is executed",
+        description="Predict, for each file, which handler the kernel picks (binfmt_misc entry, "
+        "#! script, native ELF), the interpreter and argv, and whether the exec works — with "
+        "the reasons when it does not. Exit 0 if every file would run, 1 if any would fail.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files to check")
+    p.add_argument(
+        "--rootfs",
+        metavar="DIR",
+        default="/",
+        help="the root the exec happens in (a container's extracted root); interpreters and "
+        "loaders are looked up there (default: /)",
+    )
+    _procfs_option(p)
+    _json_option(p)
+    p.set_defaults(handler=_run_check)
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    import os
+
+    from .host import Host
+    from .predict import predict
+    from .procfs import BinfmtMisc
+
+    if not os.path.isdir(args.rootfs):
+        return fail(ValueError(f"invalid --rootfs {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    state = BinfmtMisc(args.procfs).state()
+    if not state.mounted:
+        print(
+            f"binfmt: warning: binfmt_misc is not mounted at {args.procfs}: "
+            "predicting as if no entry were registered",
+            file=sys.stderr,
+        )
+    host = Host.detect()
+    verdicts = [predict(path, state=state, host=host, rootfs=args.rootfs) for path in args.paths]
+    if args.json:
+        emit_json([v.to_dict() for v in verdicts])
+    else:
+        from .report import verdict_text
+
+        for verdict in verdicts:
+            sys.stdout.write(verdict_text(verdict))
+    return EXIT_OK if all(v.runs for v in verdicts) else EXIT_FAILURE

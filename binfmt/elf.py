@@ -22,7 +22,6 @@ pyelftools exception, never an unbounded read.
 
 from __future__ import annotations
 
-import errno as _errno
 import os
 import stat
 import struct
@@ -30,7 +29,7 @@ from typing import IO, Any, Optional, Union
 
 import attrs
 
-from .errors import BinfmtError
+from .errors import ElfError, InvalidElf, NotElf, NotRegularFile
 
 __all__ = [
     "MACHINE_NAMES",
@@ -150,53 +149,6 @@ _EHDR64_SIZE = 64
 # Regular files ignore O_NONBLOCK; it keeps open() of a FIFO or a device from
 # waiting, and O_NOCTTY keeps a terminal from becoming ours.
 _OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-# -- errors -------------------------------------------------------------------
-
-
-class ElfError(BinfmtError, ValueError):
-    """A file that is not a usable ELF file.
-
-    ``reason`` says why (``"truncated ELF header: 20 of 52 bytes"``), ``path``
-    names the file when it is known.
-    """
-
-    def __init__(self, reason: str, path: Optional[str] = None) -> None:
-        self.reason = reason
-        self.path = path
-        super().__init__(reason if path is None else f"{path}: {reason}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.reason, self.path))
-
-
-class NotElf(ElfError):
-    """Bytes that do not start with a valid ELF file header."""
-
-
-class InvalidElf(ElfError):
-    """An ELF file whose header is valid but whose contents are corrupt or truncated."""
-
-
-class NotRegularFile(BinfmtError, OSError):
-    """A path that is not a regular file, so it is not read (FIFOs could block).
-
-    ``errno`` is ``EACCES``, what ``execve(2)`` answers for such a path.
-    """
-
-    def __init__(self, path: str, kind: str) -> None:
-        super().__init__(
-            _errno.EACCES, f"{path} is a {kind}, not a regular file: only regular files execute"
-        )
-        self.filename = path
-        self.kind = kind
-
-    def __str__(self) -> str:
-        return str(self.strerror)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.filename, self.kind))
 
 
 # -- the hot path: the file header ----------------------------------------------

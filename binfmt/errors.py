@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import errno as _errno
 import os
-from typing import Optional
+from typing import Any, Optional
 
 __all__ = [
     "BinfmtError",
+    "ElfError",
+    "InvalidElf",
     "InvalidEntry",
     "KernelError",
     "MalformedStatus",
+    "NotElf",
     "NotMounted",
+    "NotRegularFile",
     "PermissionDenied",
     "UnknownTarget",
 ]
@@ -114,3 +118,47 @@ def _show(value: object) -> str:
     if len(text) > 80:
         text = text[:60] + "…" + text[-15:]
     return text
+
+
+class ElfError(BinfmtError, ValueError):
+    """A file that is not a usable ELF file.
+
+    ``reason`` says why (``"truncated ELF header: 20 of 52 bytes"``), ``path``
+    names the file when it is known.
+    """
+
+    def __init__(self, reason: str, path: Optional[str] = None) -> None:
+        self.reason = reason
+        self.path = path
+        super().__init__(reason if path is None else f"{path}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.reason, self.path))
+
+
+class NotElf(ElfError):
+    """Bytes that do not start with a valid ELF file header."""
+
+
+class InvalidElf(ElfError):
+    """An ELF file whose header is valid but whose contents are corrupt or truncated."""
+
+
+class NotRegularFile(BinfmtError, OSError):
+    """A path that is not a regular file, so it is not read (FIFOs could block).
+
+    ``errno`` is ``EACCES``, what ``execve(2)`` answers for such a path.
+    """
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(
+            _errno.EACCES, f"{path} is a {kind}, not a regular file: only regular files execute"
+        )
+        self.filename = path
+        self.kind = kind
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.filename, self.kind))

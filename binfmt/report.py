@@ -26,9 +26,10 @@ from typing import Any
 from . import qemu
 from .entry import Entry, EntryType
 from .host import Host
+from .predict import Verdict
 from .procfs import State
 
-__all__ = ["entry_document", "host_document", "status_document", "status_text"]
+__all__ = ["entry_document", "host_document", "status_document", "status_text", "verdict_text"]
 
 
 def entry_document(entry: Entry) -> dict[str, Any]:
@@ -142,4 +143,30 @@ def status_text(state: State, host: Host) -> str:
                 lines.append("  " + "  ".join(cells).rstrip())
         for name in state.unreadable:
             lines.append(f"  {printable(name)}: cannot be read (permission denied)")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_text(verdict: Verdict) -> str:
+    """One ``check`` result: a line for the file, its findings indented below."""
+    from .cli import printable
+
+    if verdict.elf is not None:
+        arch = verdict.platform or verdict.target or verdict.elf.machine_name
+    elif verdict.handler == "script":
+        arch = "script"
+    else:
+        arch = "-"
+    if verdict.handler == "binfmt_misc":
+        entry, interpreter = printable(verdict.entry or ""), printable(verdict.interpreter or "")
+        how = f"binfmt_misc entry {entry} → {interpreter}"
+    elif verdict.handler == "script":
+        how = f"script → {printable(verdict.interpreter or '')}"
+    elif verdict.handler == "native":
+        loader = verdict.interpreter
+        how = "native" + (f", loader {printable(loader)}" if loader else ", static")
+    else:
+        how = "no handler"
+    outcome = "runs" if verdict.runs else f"FAILS ({verdict.errno})" if verdict.errno else "FAILS"
+    lines = [f"{printable(verdict.path)}: {arch}: {how}: {outcome}"]
+    lines.extend(f"    {f.severity}: {f.code}: {printable(f.message)}" for f in verdict.findings)
     return "\n".join(lines) + "\n"
