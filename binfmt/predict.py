@@ -157,7 +157,7 @@ def predict(
         cwd = os.getcwd() if root == "/" else "/"
     predictor = _Predictor(state, host, root, cwd, rules)
     args = tuple(argv) if argv is not None else (exec_path,)
-    return predictor.exec(path, exec_path, args, depth=0)
+    return predictor.exec(path, exec_path, args, _Loop())
 
 
 def _path_inside(root: str, path: str) -> str:
@@ -176,6 +176,18 @@ def _errno(exc: OSError) -> str:
     return errnos.errorcode.get(exc.errno or errnos.EIO, "EIO")
 
 
+@attrs.frozen
+class _Loop:
+    """exec_binprm()'s bookkeeping across interpreter rewrites (fs/exec.c, 5.8+)."""
+
+    #: Rewrites done so far.
+    depth: int = 0
+    #: An O (or C) entry was used: the kernel keeps the original file for AT_EXECFD.
+    have_execfd: bool = False
+    #: That original file has been set aside; a further rewrite is ENOEXEC.
+    executable_set: bool = False
+
+
 class _Predictor:
     """One prediction: the state it reads and the limits it applies."""
 
@@ -188,7 +200,7 @@ class _Predictor:
 
     # -- the exec path ----------------------------------------------------------
 
-    def exec(self, path: str, exec_path: str, argv: tuple[str, ...], depth: int) -> Verdict:
+    def exec(self, path: str, exec_path: str, argv: tuple[str, ...], loop: _Loop) -> Verdict:
         base = Verdict(path=path, exec_path=exec_path, handler="none", argv=argv)
         problem = self.check_file(path)
         if problem is not None:
@@ -208,10 +220,10 @@ class _Predictor:
         # 1. binfmt_misc, consulted before any other format.
         candidates = self.state.candidates(head, exec_path)
         if candidates:
-            return self.via_binfmt_misc(base, head, candidates, depth)
+            return self.via_binfmt_misc(base, head, candidates, loop)
         # 2. scripts.
         if head.startswith(b"#!"):
-            return self.via_script(base, head, depth)
+            return self.via_script(base, head, loop)
         # 3. ELF the kernel runs itself.
         if elf is not None:
             return self.via_elf(base, elf, target)
@@ -248,7 +260,7 @@ class _Predictor:
         return None
 
     def via_binfmt_misc(
-        self, base: Verdict, head: bytes, candidates: list[Entry], depth: int
+        self, base: Verdict, head: bytes, candidates: list[Entry], loop: _Loop
     ) -> Verdict:
         entry = candidates[0]
         findings = [
@@ -276,34 +288,21 @@ class _Predictor:
         verdict = attrs.evolve(
             base, handler="binfmt_misc", entry=entry.name, interpreter=entry.interpreter, argv=argv
         )
-        if depth >= self.rules.max_rewrites:
-            return _fail(
-                verdict,
-                findings,
-                "ELOOP",
-                "too-deep",
-                f"more than {self.rules.max_rewrites} interpreter rewrites: the kernel gives ELOOP",
-            )
-
         interp_path, problem = self.locate_interpreter(entry)
         if problem is not None:
             err, finding = problem
             return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
         assert interp_path is not None
-        if (
-            Flags.OPEN_BINARY in entry.flags
-            and self.rules.open_binary_no_rewrite
-            and self.needs_rewrite(interp_path, entry.interpreter)
-        ):
-            return _fail(
-                verdict,
-                findings,
-                "ENOEXEC",
-                "open-binary-rewrite",
-                f"entry {entry.name!r} has O/C, and its interpreter {entry.interpreter!r} "
-                "is itself a script or a binfmt_misc match: since Linux 5.8 that is ENOEXEC",
-            )
-        child = self.exec(interp_path, entry.interpreter, argv, depth + 1)
+        # The kernel opens the interpreter before it looks at its contents.
+        problem = self.check_file(interp_path)
+        if problem is not None:
+            err, finding = problem
+            return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
+        next_loop, stop = self.rewrite(loop, Flags.OPEN_BINARY in entry.flags)
+        if stop is not None:
+            err, finding = stop
+            return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
+        child = self.exec(interp_path, entry.interpreter, argv, next_loop)
         findings.extend(self.interpreter_findings(entry, child))
         verdict = attrs.evolve(verdict, errno=child.errno, findings=tuple(findings), next=child)
         if child.errno is None and base.target is not None:
@@ -346,12 +345,33 @@ class _Predictor:
                 ),
             )
 
-    def needs_rewrite(self, host_path: str, interp: str) -> bool:
-        try:
-            head = read_head(host_path, self.rules.buffer_size)
-        except OSError:
-            return False
-        return head.startswith(b"#!") or self.state.lookup(head, interp) is not None
+    def rewrite(
+        self, loop: _Loop, sets_execfd: bool
+    ) -> tuple[_Loop, Optional[tuple[str, Finding]]]:
+        """One more interpreter rewrite, after its interpreter opened: ENOEXEC, ELOOP or on."""
+        have = loop.have_execfd or (sets_execfd and self.rules.open_binary_no_rewrite)
+        if have and loop.executable_set:
+            return loop, (
+                "ENOEXEC",
+                Finding(
+                    "open-binary-rewrite",
+                    "error",
+                    "an O/C entry's interpreter is itself rewritten (a script or another "
+                    "binfmt_misc match): since Linux 5.8 the kernel refuses with ENOEXEC",
+                ),
+            )
+        depth = loop.depth + 1
+        if depth > self.rules.max_rewrites:
+            return loop, (
+                "ELOOP",
+                Finding(
+                    "too-deep",
+                    "error",
+                    f"more than {self.rules.max_rewrites} interpreter rewrites "
+                    "(an entry that matches its own interpreter?): the kernel gives ELOOP",
+                ),
+            )
+        return _Loop(depth, have, loop.executable_set or have), None
 
     def interpreter_findings(self, entry: Entry, child: Verdict) -> list[Finding]:
         if child.handler != "native" or child.interpreter is None:
@@ -374,7 +394,7 @@ class _Predictor:
                 hits.append(target)
         return hits
 
-    def via_script(self, base: Verdict, head: bytes, depth: int) -> Verdict:
+    def via_script(self, base: Verdict, head: bytes, loop: _Loop) -> Verdict:
         parsed = _parse_shebang(head, self.rules.buffer_size)
         if parsed is None:
             return _fail(
@@ -388,14 +408,6 @@ class _Predictor:
         optional = (arg,) if arg is not None else ()
         argv = (interp, *optional, base.exec_path, *(base.argv or ())[1:])
         verdict = attrs.evolve(base, handler="script", interpreter=interp, argv=argv)
-        if depth >= self.rules.max_rewrites:
-            return _fail(
-                verdict,
-                [],
-                "ELOOP",
-                "too-deep",
-                f"more than {self.rules.max_rewrites} interpreter rewrites: the kernel gives ELOOP",
-            )
         try:
             host_path = resolve(self.root, interp, cwd=self.cwd)
         except OSError as exc:
@@ -407,7 +419,15 @@ class _Predictor:
                 "script-interpreter-missing",
                 f"script interpreter {interp!r} is not found{where} ({exc.strerror})",
             )
-        child = self.exec(host_path, interp, argv, depth + 1)
+        problem = self.check_file(host_path)
+        if problem is not None:
+            err, finding = problem
+            return attrs.evolve(verdict, errno=err, findings=(finding,))
+        next_loop, stop = self.rewrite(loop, sets_execfd=False)
+        if stop is not None:
+            err, finding = stop
+            return attrs.evolve(verdict, errno=err, findings=(finding,))
+        child = self.exec(host_path, interp, argv, next_loop)
         return attrs.evolve(verdict, errno=child.errno, next=child)
 
     def via_elf(self, base: Verdict, elf: ElfHeader, target: Optional[str]) -> Verdict:
