@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -108,18 +109,8 @@ def test_disabled_entry_and_global_switch(tmp_path: Path) -> None:
     off = state_of(entry, enabled=False)
     v = predict(target, state=off, host=X86)
     assert (v.handler, v.errno, v.findings[0].code) == ("none", "ENOEXEC", "no-handler")
-    disabled = state_of(
-        Entry.parse(entry.to_register() + "", None).__class__(
-            **{**_fields(entry), "enabled": False}
-        )
-    )
+    disabled = state_of(attrs.evolve(entry, enabled=False))
     assert predict(target, state=disabled, host=X86).handler == "none"
-
-
-def _fields(entry: Entry) -> dict[str, Any]:
-    import attrs
-
-    return attrs.asdict(entry, recurse=False)
 
 
 def test_missing_interpreter_inside_rootfs_without_f(tmp_path: Path) -> None:
@@ -202,9 +193,9 @@ def test_check_cli_json_and_exit_codes(
     ok = write(tmp_path / "ok", b"#!/bin/sh\n")
     bad = write(tmp_path / "bad", b"\0\0\0\0")
     assert main(["check", "--json", "--procfs", misc.path, ok]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["runs"] is True
     assert main(["check", "--json", "--procfs", misc.path, ok, bad]) == 1
-    out = capsys.readouterr().out
-    docs = json.loads(out.split("\n]\n", 1)[1])
+    docs = json.loads(capsys.readouterr().out)
     assert [d["path"] for d in docs] == [ok, bad]
     keys = ["path", "elf", "handler", "entry", "interpreter", "argv", "errno", "runs", "findings"]
     assert list(docs[1]) == keys

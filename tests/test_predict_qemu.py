@@ -32,7 +32,7 @@ def qemu_box(binfmt_sandbox: Sandbox) -> Sandbox:
 
 @pytest.mark.parametrize("arch", sorted(ARCHES))
 def test_static_busybox_runs_as_predicted(qemu_box: Sandbox, arch: str) -> None:
-    """Static busybox runs (emulated, or natively for i386 on x86_64) through the predicted entry."""
+    """Static busybox runs through the predicted entry (or natively: i386 on x86_64)."""
     busybox = debian_root(arch) / "bin" / "busybox"
     host = Host.detect()
     verdict = predict(
