@@ -102,6 +102,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_status(commands)
     _add_check(commands)
+    _add_install(commands)
+    _add_uninstall(commands)
     return parser
 
 
@@ -202,3 +204,153 @@ def _run_check(args: argparse.Namespace) -> int:
         for verdict in verdicts:
             sys.stdout.write(verdict_text(verdict))
     return EXIT_OK if all(v.runs for v in verdicts) else EXIT_FAILURE
+
+
+# -- install / uninstall ------------------------------------------------------------
+
+
+def _change_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan and the exact register lines; write nothing",
+    )
+    _procfs_option(p)
+    _json_option(p)
+
+
+def _install_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--qemu-path",
+        metavar="DIR",
+        help="directory of the QEMU binaries (default: found in /usr/bin, /usr/local/bin, PATH)",
+    )
+    p.add_argument(
+        "--qemu-suffix",
+        metavar="SUFFIX",
+        help="appended to qemu-TARGET, e.g. -static (default: -static if present, else none)",
+    )
+    p.add_argument(
+        "--persistent",
+        action="store_true",
+        help="flag F: the kernel opens QEMU now, so containers need not contain it",
+    )
+    p.add_argument(
+        "--credential",
+        action="store_true",
+        help="flags OC: setuid binaries keep their privileges (security risk: see the docs)",
+    )
+    p.add_argument(
+        "--preserve-argv0",
+        action="store_true",
+        help="flag P: pass argv[0] on (QEMU must support it, e.g. Debian's wrappers)",
+    )
+
+
+def _add_install(commands: Any) -> None:
+    p = commands.add_parser(
+        "install",
+        help="register QEMU for foreign architectures",
+        description="Register QEMU user-mode emulation for the given targets (QEMU names, "
+        "aliases such as arm64 or armhf, OCI platforms such as linux/arm/v7, or 'all'). "
+        "Targets the host runs natively are skipped. All or nothing: if one registration "
+        "fails, the others made by this run are removed again.",
+    )
+    p.add_argument("targets", nargs="+", metavar="TARGET", help="targets, or 'all'")
+    _install_options(p)
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="replace an existing entry of the same name that differs",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also register targets the host runs natively (and entries that capture them)",
+    )
+    _change_options(p)
+    p.set_defaults(handler=_run_install)
+
+
+def _install_options_from(args: argparse.Namespace) -> Any:
+    from .install import InstallOptions
+
+    return InstallOptions(
+        qemu_path=args.qemu_path,
+        qemu_suffix=args.qemu_suffix,
+        persistent=args.persistent,
+        credential=args.credential,
+        preserve_argv0=args.preserve_argv0,
+        replace=getattr(args, "replace", False),
+        force=getattr(args, "force", False),
+    )
+
+
+def _run_install(args: argparse.Namespace) -> int:
+    from .host import Host
+    from .install import plan
+    from .procfs import BinfmtMisc
+
+    misc = BinfmtMisc(args.procfs)
+    misc.require_mounted()
+    host = Host.detect()
+    the_plan = plan(args.targets, _install_options_from(args), state=misc.state(), host=host)
+    return _carry_out(the_plan, misc, args)
+
+
+def _add_uninstall(commands: Any) -> None:
+    p = commands.add_parser(
+        "uninstall",
+        help="remove named entries, or QEMU's entries for targets",
+        description="Remove entries: a NAME removes that entry, whoever made it; a TARGET "
+        "(arm64, linux/arm/v7 …) removes only QEMU's entries for it; --all-qemu every QEMU "
+        "entry. Other registrants (WSLInterop, Rosetta, FEX, language runtimes) are never "
+        "touched unless named, and the global status is never written.",
+    )
+    p.add_argument("names", nargs="*", metavar="NAME|TARGET")
+    p.add_argument("--all-qemu", action="store_true", help="remove every QEMU entry")
+    _change_options(p)
+    p.set_defaults(handler=_run_uninstall)
+
+
+def _run_uninstall(args: argparse.Namespace) -> int:
+    from .install import plan_uninstall
+    from .procfs import BinfmtMisc
+
+    if not args.names and not args.all_qemu:
+        return fail(ValueError("name entries or targets to remove, or pass --all-qemu"), EXIT_USAGE)
+    misc = BinfmtMisc(args.procfs)
+    misc.require_mounted()
+    the_plan = plan_uninstall(args.names, all_qemu=args.all_qemu, state=misc.state())
+    return _carry_out(the_plan, misc, args)
+
+
+def _carry_out(the_plan: Any, misc: Any, args: argparse.Namespace) -> int:
+    """Print a plan, apply it unless --dry-run, report. Shared by every changing command."""
+    from .install import InstallError, apply
+
+    applied = False
+    error: Optional[str] = None
+    if not args.dry_run and the_plan.ok and the_plan.changes:
+        try:
+            apply(the_plan, misc)
+            applied = True
+        except InstallError as exc:
+            error = str(exc)
+    if args.json:
+        doc = the_plan.to_dict()
+        doc.update(dry_run=args.dry_run, applied=applied, error=error)
+        emit_json(doc)
+    else:
+        from .report import plan_text
+
+        sys.stdout.write(plan_text(the_plan, dry_run=args.dry_run, applied=applied))
+    if error is not None:
+        print(f"binfmt: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not the_plan.ok:
+        for finding in the_plan.findings:
+            if finding.severity == "error":
+                print(f"binfmt: error: {finding.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK

@@ -26,10 +26,18 @@ from typing import Any
 from . import qemu
 from .entry import Entry, EntryType
 from .host import Host
+from .install import Plan
 from .predict import Verdict
 from .procfs import State
 
-__all__ = ["entry_document", "host_document", "status_document", "status_text", "verdict_text"]
+__all__ = [
+    "entry_document",
+    "host_document",
+    "plan_text",
+    "status_document",
+    "status_text",
+    "verdict_text",
+]
 
 
 def entry_document(entry: Entry) -> dict[str, Any]:
@@ -169,4 +177,39 @@ def verdict_text(verdict: Verdict) -> str:
     outcome = "runs" if verdict.runs else f"FAILS ({verdict.errno})" if verdict.errno else "FAILS"
     lines = [f"{printable(verdict.path)}: {arch}: {how}: {outcome}"]
     lines.extend(f"    {f.severity}: {f.code}: {printable(f.message)}" for f in verdict.findings)
+    return "\n".join(lines) + "\n"
+
+
+def plan_text(plan: Plan, *, dry_run: bool, applied: bool) -> str:
+    """An install/uninstall plan: one row per step, findings, then what happened."""
+    from .cli import printable
+
+    lines = [f"binfmt_misc at {plan.procfs}:"]
+    rows = []
+    for step in plan.steps:
+        doc = step.to_dict(plan.kernel)
+        platform = doc["platforms"][0] if doc["platforms"] else ""
+        rows.append((step.action, printable(step.entry.name), platform, printable(step.reason)))
+    if rows:
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(3)] + [row[3]]
+            lines.append("  " + "  ".join(cells).rstrip())
+    else:
+        lines.append("  nothing to do")
+    for finding in plan.findings:
+        lines.append(f"  {finding.severity}: {finding.code}: {printable(finding.message)}")
+    changes = plan.changes
+    if dry_run and plan.ok and changes:
+        lines.append("register lines (dry run, nothing written):")
+        lines.extend(
+            "  " + printable(s.entry.to_register(plan.kernel))
+            for s in changes
+            if s.action in ("register", "replace")
+        )
+    elif applied:
+        noun = "change" if len(changes) == 1 else "changes"
+        lines.append(f"done: {len(changes)} {noun} applied")
+    elif not changes and plan.ok:
+        lines.append("nothing to change")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,482 @@
+"""Plan and apply QEMU registrations (and their removal), all or nothing.
+
+:func:`plan` decides, for each requested target, what to do and why —
+register, replace, enable, leave unchanged or skip — and collects findings:
+errors that stop the plan (a missing interpreter, a name conflict without
+``replace``, an entry that would capture the host's own binaries) and
+warnings that do not (a dynamically linked QEMU with ``F``, the ``C`` flag's
+security cost, a newer entry shadowing another registrant). Nothing is
+written while planning.
+
+:func:`apply` carries a plan out under a lock, after checking that the
+state is still the one planned against. When a registration fails, every
+change this run made is undone (entries it added are removed, entries it
+replaced are registered again) and the error names the failing entry and the
+kernel's errno.
+
+Hosts are judged by what they really run (:class:`~binfmt.host.Host`), not
+by QEMU's "family" table: an x86_64 kernel without IA32 emulation gets
+``qemu-i386``; an arm64 CPU without AArch32 gets ``qemu-arm``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import stat
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Optional
+
+import attrs
+
+from . import qemu
+from .elf import details
+from .entry import Entry, Flags
+from .errors import BinfmtError, ElfError
+from .host import Host
+from .kernel import KernelRules
+from .predict import Finding
+from .procfs import BinfmtMisc, State
+
+__all__ = [
+    "InstallError",
+    "InstallOptions",
+    "Plan",
+    "Step",
+    "apply",
+    "find_interpreter",
+    "is_qemu_entry",
+    "plan",
+    "plan_uninstall",
+]
+
+#: Where to look for QEMU when no directory is given (QEMU's script defaults
+#: to /usr/local/bin; distributions install to /usr/bin).
+SEARCH_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt", "/bin")
+#: Suffixes tried when none is given: static first, it works inside containers.
+DEFAULT_SUFFIXES = ("-static", "")
+
+
+class InstallError(BinfmtError, RuntimeError):
+    """A plan that cannot be applied, or an apply that failed and was rolled back."""
+
+
+@attrs.frozen
+class InstallOptions:
+    """``qemu-binfmt-conf.sh``'s options, and this tool's own."""
+
+    #: Directory of the QEMU binaries; ``None``: search :data:`SEARCH_DIRS` and ``PATH``.
+    qemu_path: Optional[str] = None
+    #: Appended to ``qemu-<target>``; ``None``: ``-static`` if present, else nothing.
+    qemu_suffix: Optional[str] = None
+    #: ``F``: the kernel opens the interpreter now, so containers need not contain it.
+    persistent: bool = False
+    #: ``OC``: credentials from the binary (setuid works; see the security warning).
+    credential: bool = False
+    #: ``P``: pass the original argv[0] (needs a QEMU that understands it, as Debian's does).
+    preserve_argv0: bool = False
+    #: Replace an existing entry of the same name that differs.
+    replace: bool = False
+    #: Register even targets the host runs natively, or entries that capture its binaries.
+    force: bool = False
+
+    @property
+    def flags(self) -> Flags:
+        letters = ("OC" if self.credential else "") + ("F" if self.persistent else "")
+        return Flags.from_letters(letters + ("P" if self.preserve_argv0 else ""))
+
+
+@attrs.frozen
+class Step:
+    """One decision of a plan."""
+
+    #: ``register``, ``replace``, ``enable``, ``remove``, ``unchanged`` or ``skip``.
+    action: str
+    entry: Entry
+    #: The QEMU target, when the step is about one.
+    target: Optional[str] = None
+    #: Why (for ``skip``/``unchanged``), or what (for the others).
+    reason: str = ""
+    #: The entry that ``replace``/``remove`` takes away.
+    old: Optional[Entry] = None
+
+    @property
+    def changes(self) -> bool:
+        return self.action in ("register", "replace", "enable", "remove")
+
+    def to_dict(self, kernel: KernelRules) -> dict[str, Any]:
+        platforms = list(qemu.get(self.target).platforms) if self.target else []
+        line = None
+        if self.action in ("register", "replace"):
+            line = self.entry.to_register(kernel)
+        return {
+            "action": self.action,
+            "name": self.entry.name,
+            "target": self.target,
+            "platforms": platforms,
+            "interpreter": self.entry.interpreter,
+            "flags": self.entry.flags.letters,
+            "line": line,
+            "reason": self.reason,
+        }
+
+
+@attrs.frozen
+class Plan:
+    """What :func:`apply` will do, and what was found while deciding."""
+
+    procfs: str
+    steps: tuple[Step, ...]
+    findings: tuple[Finding, ...] = ()
+    kernel: KernelRules = attrs.field(factory=KernelRules)
+
+    @property
+    def ok(self) -> bool:
+        """No finding stops the plan."""
+        return not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def changes(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "procfs": self.procfs,
+            "ok": self.ok,
+            "steps": [s.to_dict(self.kernel) for s in self.steps],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+# -- finding the interpreters ---------------------------------------------------
+
+
+def find_interpreter(sig: qemu.Signature, options: InstallOptions) -> Optional[str]:
+    """The QEMU binary for ``sig`` under the options' path and suffix, or ``None``."""
+    suffixes = (options.qemu_suffix,) if options.qemu_suffix is not None else DEFAULT_SUFFIXES
+    if options.qemu_path is not None:
+        dirs: Sequence[str] = (options.qemu_path,)
+    else:
+        path_dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d]
+        dirs = [*SEARCH_DIRS, *(d for d in path_dirs if d not in SEARCH_DIRS)]
+    for suffix in suffixes:
+        for directory in dirs:
+            candidate = os.path.join(directory, sig.interpreter_name + suffix)
+            if os.path.isfile(candidate):
+                return candidate
+    if options.qemu_path is not None:
+        suffix = suffixes[0]
+        return os.path.join(options.qemu_path, sig.interpreter_name + suffix)
+    return None
+
+
+def is_qemu_entry(entry: Entry) -> bool:
+    """Recognisably QEMU's: an ELF-architecture entry named or run like QEMU.
+
+    Rosetta, FEX, box64, WSLInterop and language runtimes are not, whatever
+    their names match.
+    """
+    interp = os.path.basename(entry.interpreter)
+    qemu_like = (
+        entry.name.startswith("qemu-")
+        or interp.startswith("qemu-")
+        or "/qemu-binfmt/" in entry.interpreter
+    )
+    return qemu_like and bool(qemu.identify(entry))
+
+
+# -- planning -------------------------------------------------------------------
+
+
+def plan(
+    targets: Iterable[str],
+    options: InstallOptions = InstallOptions(),
+    *,
+    state: State,
+    host: Host,
+    kernel: Optional[KernelRules] = None,
+) -> Plan:
+    """Decide how to register QEMU for ``targets`` (names, aliases, platforms or ``all``)."""
+    rules = kernel or host.kernel
+    sigs = qemu.resolve(targets)
+    explicit = not any(t.strip().lower() == "all" for t in targets)
+    flags = options.flags
+    steps: list[Step] = []
+    findings: list[Finding] = []
+    if Flags.FIX_BINARY in flags and "F" not in rules.flag_letters:
+        findings.append(
+            Finding(
+                "kernel-too-old",
+                "error",
+                "the F flag (--persistent) needs Linux 4.8 or newer; this kernel refuses it",
+            )
+        )
+    if Flags.CREDENTIALS in flags:
+        findings.append(
+            Finding(
+                "credentials-flag",
+                "warning",
+                "--credential (C) runs a setuid binary's emulator with the binary's privileges: "
+                "QEMU is not hardened for that, and any matching setuid-root file runs it as root",
+            )
+        )
+    for sig in sigs:
+        steps.append(_plan_target(sig, options, flags, state, host, explicit, findings))
+    return Plan(state.path, tuple(steps), tuple(findings), rules)
+
+
+def _plan_target(
+    sig: qemu.Signature,
+    options: InstallOptions,
+    flags: Flags,
+    state: State,
+    host: Host,
+    explicit: bool,
+    findings: list[Finding],
+) -> Step:
+    interp = find_interpreter(sig, options)
+    entry = sig.to_entry(interp or f"qemu-{sig.name}", flags)
+    native = host.runs_natively(sig.name)
+    if native and not options.force:
+        why = f"the host runs {sig.name} natively"
+        if explicit:
+            why += " (--force registers it anyway)"
+        return Step("skip", entry, sig.name, why)
+    if interp is None:
+        if not explicit:
+            return Step("skip", entry, sig.name, f"no {sig.interpreter_name} binary found")
+        where = options.qemu_path or ", ".join(SEARCH_DIRS) + " and PATH"
+        findings.append(
+            Finding(
+                "interpreter-missing",
+                "error",
+                f"{sig.interpreter_name} not found in {where}: install QEMU "
+                "(e.g. Debian's qemu-user-static) or pass --qemu-path",
+            )
+        )
+        return Step("register", entry, sig.name, "interpreter not found")
+    findings.extend(_check_interpreter(entry, options))
+    hijacked = [
+        t
+        for t in host.native
+        if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
+    ]
+    if hijacked:
+        findings.append(
+            Finding(
+                "hijacks-native",
+                "warning" if options.force else "error",
+                f"{entry.name} would also match this host's own {', '.join(hijacked)} binaries: "
+                "every such exec would go to QEMU (or loop with ELOOP)",
+            )
+        )
+    for other in state.entries:
+        if other.name != entry.name and other.enabled and sig in qemu.identify(other):
+            findings.append(
+                Finding(
+                    "shadows-entry",
+                    "warning",
+                    f"{entry.name} will be newer than {other.name!r}, which also runs {sig.name} "
+                    f"binaries ({other.interpreter}): {other.name!r} will no longer be used",
+                )
+            )
+    existing = state.get(entry.name)
+    if existing is None:
+        return Step("register", entry, sig.name, f"register {sig.name}")
+    if _same_registration(existing, entry):
+        if existing.enabled:
+            return Step("unchanged", entry, sig.name, "already registered, identical")
+        return Step("enable", entry, sig.name, "registered identically but disabled", existing)
+    if not options.replace:
+        findings.append(
+            Finding(
+                "name-conflict",
+                "error",
+                f"an entry named {entry.name!r} already exists and differs "
+                f"({existing.interpreter}, flags {existing.flags.letters or '-'}): "
+                "use --replace to replace it",
+            )
+        )
+        return Step("replace", entry, sig.name, "conflict", existing)
+    return Step("replace", entry, sig.name, f"replace the different {entry.name!r}", existing)
+
+
+def _same_registration(a: Entry, b: Entry) -> bool:
+    return attrs.evolve(a, enabled=True) == attrs.evolve(b, enabled=True)
+
+
+def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
+    path = entry.interpreter
+    found: list[Finding] = []
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return [Finding("interpreter-missing", "error", f"{path}: {exc.strerror}")]
+    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+        return [Finding("interpreter-not-executable", "error", f"{path} is not an executable file")]
+    try:
+        info = details(path)
+    except (ElfError, OSError) as exc:
+        found.append(
+            Finding(
+                "interpreter-not-elf", "warning", f"{path} is not a readable ELF program ({exc})"
+            )
+        )
+    else:
+        if info.is_dynamic:
+            severity = "warning"
+            if options.persistent:
+                message = (
+                    f"{path} is dynamically linked (loader {info.interpreter}): with F "
+                    "the kernel opens it, but its loader and libraries are still looked "
+                    "up inside each container, where they are usually missing — use a "
+                    "static QEMU (qemu-user-static, --qemu-suffix -static)"
+                )
+            else:
+                message = f"{path} is dynamically linked: it cannot run inside containers"
+            found.append(Finding("interpreter-dynamic", severity, message))
+    if not options.persistent:
+        found.append(
+            Finding(
+                "no-fix-binary",
+                "warning",
+                f"without --persistent (F), {entry.name} works only where "
+                f"{path} exists: containers will fail with ENOENT",
+            )
+        )
+    if options.credential and st.st_mode & 0o022:
+        found.append(
+            Finding(
+                "writable-interpreter",
+                "error",
+                f"{path} is writable by group or others, and C runs it with "
+                "the binary's privileges",
+            )
+        )
+    return found
+
+
+def plan_uninstall(names: Iterable[str], *, all_qemu: bool = False, state: State) -> Plan:
+    """Decide which entries to remove: named ones, or recognisably QEMU's for a target.
+
+    A name that is an entry is removed whoever made it (it was asked for by
+    name). A target (``arm64``, ``linux/arm/v7``) removes only entries that
+    are QEMU's (:func:`is_qemu_entry`) for that target. ``all_qemu`` removes
+    every QEMU entry. The global ``status`` is never written.
+    """
+    steps: list[Step] = []
+    findings: list[Finding] = []
+    chosen: dict[str, Step] = {}
+    for name in names:
+        entry = state.get(name)
+        if entry is not None:
+            chosen.setdefault(name, Step("remove", entry, None, "named", entry))
+            continue
+        try:
+            sig = qemu.lookup(name)
+        except BinfmtError:
+            findings.append(
+                Finding(
+                    "unknown-name", "error", f"no entry named {name!r}, and it is not a QEMU target"
+                )
+            )
+            continue
+        matched = [e for e in state.entries if is_qemu_entry(e) and sig in qemu.identify(e)]
+        if not matched:
+            findings.append(
+                Finding("nothing-to-remove", "info", f"no QEMU entry for {sig.name} is registered")
+            )
+        for e in matched:
+            chosen.setdefault(e.name, Step("remove", e, sig.name, f"QEMU entry for {sig.name}", e))
+    if all_qemu:
+        for e in state.entries:
+            if is_qemu_entry(e):
+                chosen.setdefault(e.name, Step("remove", e, None, "QEMU entry", e))
+    steps = list(chosen.values())
+    for e in state.entries:
+        if e.name not in chosen and all_qemu:
+            steps.append(Step("unchanged", e, None, "not QEMU's: left alone"))
+    return Plan(state.path, tuple(steps), tuple(findings))
+
+
+# -- applying ---------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _lock(procfs: str) -> Iterator[None]:
+    """One writer per binfmt_misc directory at a time (flock on a lock file)."""
+    key = hashlib.sha256(os.path.realpath(procfs).encode()).hexdigest()[:16]
+    base = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
+    path = os.path.join(base, f"binfmt-{key}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def apply(plan: Plan, misc: BinfmtMisc) -> list[Step]:
+    """Carry out ``plan``'s changes on ``misc``; all or nothing. Returns the steps done.
+
+    Raises :class:`InstallError` without writing if the plan has errors or the
+    state changed since it was made, and after rolling back if a write fails.
+    """
+    if not plan.ok:
+        errors = "; ".join(f.message for f in plan.findings if f.severity == "error")
+        raise InstallError(f"the plan has errors, nothing was written: {errors}")
+    with _lock(misc.path):
+        _check_unchanged(plan, misc.state())
+        done: list[tuple[str, Entry]] = []
+        try:
+            for step in plan.changes:
+                _apply_step(step, misc, done)
+        except BinfmtError as exc:
+            undone = _roll_back(done, misc)
+            raise InstallError(
+                f"{exc}; rolled back {undone} change{'s' if undone != 1 else ''}: "
+                "binfmt_misc is as it was before"
+            ) from exc
+    return list(plan.changes)
+
+
+def _check_unchanged(plan: Plan, now: State) -> None:
+    for step in plan.changes:
+        if now.get(step.entry.name) != step.old:
+            raise InstallError(
+                f"entry {step.entry.name!r} changed since the plan was made: run again"
+            )
+
+
+def _apply_step(step: Step, misc: BinfmtMisc, done: list[tuple[str, Entry]]) -> None:
+    if step.action == "enable":
+        misc.enable(step.entry.name)
+        done.append(("enabled", step.entry))
+    elif step.action == "remove":
+        assert step.old is not None
+        misc.remove(step.old.name)
+        done.append(("removed", step.old))
+    else:
+        if step.action == "replace":
+            assert step.old is not None
+            misc.remove(step.old.name)
+            done.append(("removed", step.old))
+        misc.register(step.entry)
+        done.append(("added", step.entry))
+
+
+def _roll_back(done: list[tuple[str, Entry]], misc: BinfmtMisc) -> int:
+    for what, entry in reversed(done):
+        with contextlib.suppress(BinfmtError):
+            if what == "added":
+                misc.remove(entry.name)
+            elif what == "enabled":
+                misc.disable(entry.name)
+            else:  # removed: put it back as it was
+                misc.register(entry)
+                if not entry.enabled:
+                    misc.disable(entry.name)
+    return len(done)
