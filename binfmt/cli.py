@@ -28,7 +28,7 @@ Handler = Callable[[argparse.Namespace], int]
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
     handler: Optional[Handler] = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
@@ -36,6 +36,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_USAGE
     try:
         return handler(args)
+    except BrokenPipeError:
+        # The reader went away (``binfmt status | head``): not an error to report.
+        _silence_stdout()
+        return EXIT_FAILURE
     except BinfmtError as exc:
         return fail(exc)
     except OSError as exc:
@@ -43,8 +47,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(exc)
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:
-        return EXIT_FAILURE
+
+
+# Options whose values start with '-' (``--qemu-suffix -static``, as QEMU's
+# script spells it); argparse would take the value for an option.
+_DASH_VALUE_OPTIONS = ("--qemu-suffix",)
+
+
+def _join_dash_values(argv: list[str]) -> list[str]:
+    """``--qemu-suffix -static`` → ``--qemu-suffix=-static``."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _DASH_VALUE_OPTIONS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
 
 
 def fail(exc: BaseException, status: int = EXIT_FAILURE) -> int:
@@ -52,6 +73,15 @@ def fail(exc: BaseException, status: int = EXIT_FAILURE) -> int:
     message = str(exc).replace("\n", " ")
     print(f"binfmt: error: {message}", file=sys.stderr)
     return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def emit_json(document: Any) -> None:

@@ -92,13 +92,16 @@ class Host:
 
     @property
     def primary(self) -> Optional[str]:
+        """The QEMU target of the kernel's own binaries."""
         return self.native[0] if self.native else None
 
     @property
     def kernel(self) -> KernelRules:
-        return KernelRules.for_release(self.release)
+        """The rules of this host's kernel release."""
+        return KernelRules.for_release_or_default(self.release)
 
     def runs_natively(self, target: str) -> bool:
+        """Whether the kernel runs ``target``'s binaries itself."""
         return target in self.native
 
     @classmethod

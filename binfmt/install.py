@@ -42,6 +42,7 @@ from .predict import Finding
 from .procfs import BinfmtMisc, State
 
 __all__ = [
+    "SEARCH_DIRS",
     "InstallError",
     "InstallOptions",
     "Plan",
@@ -167,9 +168,6 @@ def find_interpreter(sig: qemu.Signature, options: InstallOptions) -> Optional[s
             candidate = os.path.join(directory, sig.interpreter_name + suffix)
             if os.path.isfile(candidate):
                 return candidate
-    if options.qemu_path is not None:
-        suffix = suffixes[0]
-        return os.path.join(options.qemu_path, sig.interpreter_name + suffix)
     return None
 
 
@@ -238,7 +236,11 @@ def _plan_target(
     findings: list[Finding],
 ) -> Step:
     interp = find_interpreter(sig, options)
-    entry = sig.to_entry(interp or f"qemu-{sig.name}", flags)
+    # Without a binary, name the path it was expected at (for the report).
+    expected = os.path.join(
+        options.qemu_path or SEARCH_DIRS[0], sig.interpreter_name + (options.qemu_suffix or "")
+    )
+    entry = sig.to_entry(interp or expected, flags)
     native = host.runs_natively(sig.name)
     if native and not options.force:
         why = f"the host runs {sig.name} natively"

@@ -71,7 +71,16 @@ class KernelRules:
         return cls.for_version(parse_release(release))
 
     @classmethod
+    def for_release_or_default(cls, release: str) -> KernelRules:
+        """:meth:`for_release`, or the newest kernel's rules if the release is unreadable."""
+        try:
+            return cls.for_release(release)
+        except ValueError:
+            return cls()
+
+    @classmethod
     def for_version(cls, version: tuple[int, int, int]) -> KernelRules:
+        """The mainline defaults for ``(major, minor, patch)``."""
         v = version[:2]
         flags = "P O C"
         if v >= (4, 8):
@@ -103,4 +112,4 @@ class KernelRules:
 
 @functools.lru_cache(maxsize=1)
 def _running() -> KernelRules:
-    return KernelRules.for_release(os.uname().release)
+    return KernelRules.for_release_or_default(os.uname().release)

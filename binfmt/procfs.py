@@ -36,6 +36,7 @@ from .kernel import KernelRules
 
 __all__ = ["DEFAULT_PATH", "BinfmtMisc", "State"]
 
+#: Where the kernel's binfmt_misc is mounted (by systemd, or ``mount -t binfmt_misc``).
 DEFAULT_PATH = "/proc/sys/fs/binfmt_misc"
 _SPECIAL = ("register", "status")
 
@@ -70,6 +71,7 @@ class State:
 
     @property
     def names(self) -> tuple[str, ...]:
+        """Entry names in lookup order."""
         return tuple(e.name for e in self.entries)
 
     def candidates(self, header: bytes, path: str = "") -> list[Entry]:
@@ -100,6 +102,7 @@ class BinfmtMisc:
     """
 
     def __init__(self, path: str = DEFAULT_PATH, kernel: Optional[KernelRules] = None) -> None:
+        #: The directory: the kernel's mount, or a fake tree.
         self.path = os.fspath(path)
         self._kernel = kernel
 
@@ -108,6 +111,7 @@ class BinfmtMisc:
 
     @property
     def kernel(self) -> KernelRules:
+        """The rules used to explain refusals and to emulate a fake tree."""
         return self._kernel or KernelRules.running()
 
     def _file(self, name: str) -> str:
@@ -385,16 +389,33 @@ class _FakeKernel:
         except InvalidEntry as exc:
             raise _FakeRefusal(exc.errno, os.strerror(exc.errno)) from None
         order = self._order()
-        if Flags.FIX_BINARY in entry.flags:
-            interp = entry.interpreter
-            if not os.path.exists(interp):
-                raise _FakeRefusal(errno.ENOENT, os.strerror(errno.ENOENT))
-            if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
-                raise _FakeRefusal(errno.EACCES, os.strerror(errno.EACCES))
-        if entry.name in order:
-            raise _FakeRefusal(errno.EEXIST, os.strerror(errno.EEXIST))
+        # Since 5.12 the F interpreter is opened before the name is looked up.
+        checks = [self._open_interpreter, self._lookup_name]
+        if not self.kernel.opens_interpreter_first:
+            checks.reverse()
+        for check in checks:
+            err = check(entry, order)
+            if err:
+                # Before 4.8 every refusal after parsing came back as EINVAL.
+                err = err if self.kernel.precise_errors else errno.EINVAL
+                raise _FakeRefusal(err, os.strerror(err))
         self._save(entry)
         _write_order(self.order_file, [entry.name, *order])
+
+    @staticmethod
+    def _open_interpreter(entry: Entry, order: list[str]) -> int:
+        if Flags.FIX_BINARY not in entry.flags:
+            return 0
+        interp = entry.interpreter
+        if not os.path.exists(interp):
+            return errno.ENOENT
+        if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
+            return errno.EACCES
+        return 0
+
+    @staticmethod
+    def _lookup_name(entry: Entry, order: list[str]) -> int:
+        return errno.EEXIST if entry.name in order else 0
 
     def _status(self, command: str) -> None:
         status = os.path.join(self.path, "status")

@@ -37,6 +37,7 @@ __all__ = [
     "lookup",
     "match_header",
     "resolve",
+    "tests_same_bits",
 ]
 
 #: The qemu/qemu commit whose ``scripts/qemu-binfmt-conf.sh`` the table follows.
@@ -558,7 +559,7 @@ def match_header(header: bytes) -> Optional[Signature]:
     return None
 
 
-def _same_test(entry: Entry, sig: Signature) -> bool:
+def tests_same_bits(entry: Entry, sig: Signature) -> bool:
     """Whether the entry compares exactly the bits the signature compares, with the same values."""
     mask = entry.mask if entry.mask is not None else b"\xff" * entry.size
     if entry.offset != 0 or mask != sig.mask:
@@ -583,5 +584,5 @@ def identify(entry: Entry) -> tuple[Signature, ...]:
         for sig in SIGNATURES
         if entry.matches(sig.header(_ET_EXEC)) and entry.matches(sig.header(_ET_DYN))
     ]
-    exact = [sig for sig in found if _same_test(entry, sig)]
+    exact = [sig for sig in found if tests_same_bits(entry, sig)]
     return tuple(exact + [sig for sig in found if sig not in exact])

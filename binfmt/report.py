@@ -44,7 +44,8 @@ def entry_document(entry: Entry) -> dict[str, Any]:
     """One entry of the ``status`` JSON."""
     is_magic = entry.type is EntryType.MAGIC
     targets = qemu.identify(entry)
-    exact = targets[0].name if len(targets) == 1 or (targets and _exact(entry, targets)) else None
+    unique = len(targets) == 1 or (targets and qemu.tests_same_bits(entry, targets[0]))
+    exact = targets[0].name if unique else None
     platforms: list[str] = []
     for sig in targets:
         platforms.extend(p for p in sig.platforms if p not in platforms)
@@ -63,16 +64,8 @@ def entry_document(entry: Entry) -> dict[str, Any]:
     }
 
 
-def _exact(entry: Entry, targets: tuple[qemu.Signature, ...]) -> bool:
-    """Whether the first identified target tests exactly the entry's bits."""
-    first = targets[0]
-    mask = entry.mask if entry.mask is not None else b"\xff" * entry.size
-    if entry.offset or mask != first.mask:
-        return False
-    return all((a ^ b) & m == 0 for a, b, m in zip(entry.magic, first.magic, mask))
-
-
 def host_document(host: Host) -> dict[str, Any]:
+    """The ``host`` block of the ``status`` JSON."""
     platforms: list[str] = []
     for target in host.native:
         platforms.extend(p for p in qemu.get(target).platforms[:1] if p not in platforms)
@@ -86,6 +79,7 @@ def host_document(host: Host) -> dict[str, Any]:
 
 
 def status_document(state: State, host: Host) -> dict[str, Any]:
+    """The whole ``status`` JSON document."""
     return {
         "procfs": state.path,
         "mounted": state.mounted,

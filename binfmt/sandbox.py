@@ -134,6 +134,7 @@ class Sandbox:
         self.close()
 
     def start(self) -> None:
+        """Create the namespace and mount the instance; raises :class:`SandboxUnavailable`."""
         if shutil.which("unshare") is None:
             raise SandboxUnavailable("the 'unshare' command (util-linux) is not installed")
         self._tmp = tempfile.mkdtemp(prefix="binfmt-sandbox-")
@@ -195,9 +196,14 @@ class Sandbox:
         if root is not None:
             request["root"] = root
         request["env"] = dict(env) if env is not None else {"PATH": "/usr/bin:/bin"}
-        self._proc.stdin.write(json.dumps(request) + "\n")
-        self._proc.stdin.flush()
-        reply = json.loads(self._stdout().readline())
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.flush()
+            reply = json.loads(self._stdout().readline())
+        except (OSError, ValueError):
+            raise SandboxUnavailable(
+                "the sandbox's helper process died (its namespace and instance are gone)"
+            ) from None
         return ExecResult(
             returncode=reply["returncode"],
             stdout=base64.b64decode(reply["stdout"]),

@@ -201,3 +201,29 @@ def test_kernel_errors_explain_themselves(binfmt_sandbox: Sandbox) -> None:
     assert info.value.errno == errno.EINVAL
     with pytest.raises(KernelError, match="no such entry"):
         misc.disable("missing")
+
+
+def test_fake_tree_follows_the_kernels_errno_rules(tmp_path: Path) -> None:
+    """A fake with pre-4.8 rules answers EINVAL where newer kernels say EEXIST or ENOENT."""
+    from binfmt import KernelRules
+
+    old = make_fake_procfs(
+        tmp_path / "old", [":a:M::AB::/bin/true:"], kernel=KernelRules.for_release("4.4")
+    )
+    new = make_fake_procfs(
+        tmp_path / "new", [":a:M::AB::/bin/true:"], kernel=KernelRules.for_release("6.18")
+    )
+    for misc, err in ((old, "EINVAL"), (new, "EEXIST")):
+        with pytest.raises(KernelError) as info:
+            misc.register(":a:M::CD::/bin/true:")
+        assert info.value.errno_name == err
+    # 5.12+: a duplicate name whose F interpreter is missing reports the open error first.
+    with pytest.raises(KernelError) as info:
+        new.register(":a:M::CD::/nonexistent:F")
+    assert info.value.errno_name == "ENOENT"
+    mid = make_fake_procfs(
+        tmp_path / "mid", [":a:M::AB::/bin/true:"], kernel=KernelRules.for_release("5.4")
+    )
+    with pytest.raises(KernelError) as info:
+        mid.register(":a:M::CD::/nonexistent:F")
+    assert info.value.errno_name == "EEXIST"
