@@ -14,6 +14,7 @@ from binfmt import BinfmtMisc, Entry, Host, KernelRules, qemu
 from binfmt.cli import main
 from binfmt.install import InstallError, InstallOptions, apply, plan, plan_uninstall
 from binfmt.sandbox import Sandbox
+from binfmt.testing import require_or_skip
 
 from .debian import debian_root
 
@@ -188,7 +189,7 @@ def test_state_changed_since_plan(fake_binfmt_misc: Any, tmp_path: Path) -> None
 def test_parity_with_qemu_binfmt_conf_sh(fake_binfmt_misc: Any, tmp_path: Path) -> None:
     """Register lines equal what QEMU's script writes (flags in kernel order; microblaze fixed)."""
     if not REFERENCE.exists():
-        pytest.skip(f"reference table not found at {REFERENCE}")
+        require_or_skip(f"reference table not found at {REFERENCE}")
     records = [
         r for r in json.loads(REFERENCE.read_text())["records"] if r["origin"] == "qemu-upstream"
     ]

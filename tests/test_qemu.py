@@ -26,6 +26,7 @@ from binfmt.qemu import (
     match_header,
     resolve,
 )
+from binfmt.testing import require_or_skip
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/binfmt-signatures.json"
 DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs/signatures.rst"
@@ -36,7 +37,7 @@ MIPS_ABI2_TARGETS = {"mips", "mipsel", "mipsn32", "mipsn32el"}
 
 def _records(origin: str) -> list[dict[str, Any]]:
     if not REFERENCE.is_file():
-        pytest.skip(f"reference table {REFERENCE} is not present (it lives beside the repo)")
+        require_or_skip(f"reference table {REFERENCE} is not present (it lives beside the repo)")
     data = json.loads(REFERENCE.read_text(encoding="utf-8"))
     records = [r for r in data["records"] if r["origin"] == origin]
     assert records, f"no {origin!r} records in {REFERENCE}"
