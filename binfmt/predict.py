@@ -293,6 +293,19 @@ class _Predictor:
             err, finding = problem
             return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
         assert interp_path is not None
+        if Flags.FIX_BINARY in entry.flags and not os.path.exists(interp_path):
+            # The kernel still holds the file it opened at registration: the exec
+            # works, but what runs can no longer be looked at.
+            findings.append(
+                Finding(
+                    "interpreter-gone",
+                    "warning",
+                    f"F entry {entry.name!r}: {entry.interpreter!r} no longer exists; the kernel "
+                    "still runs the file it opened at registration (an old version after an "
+                    "upgrade?), and registering the entry again would fail",
+                )
+            )
+            return attrs.evolve(verdict, findings=tuple(findings))
         # The kernel opens the interpreter before it looks at its contents.
         problem = self.check_file(interp_path)
         if problem is not None:
@@ -304,6 +317,7 @@ class _Predictor:
             return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
         child = self.exec(interp_path, entry.interpreter, argv, next_loop)
         findings.extend(self.interpreter_findings(entry, child))
+        findings.extend(_nested_problems(child))
         verdict = attrs.evolve(verdict, errno=child.errno, findings=tuple(findings), next=child)
         if child.errno is None and base.target is not None:
             # An emulator resolves the guest binary's own loader in the same root.
@@ -317,19 +331,7 @@ class _Predictor:
         if Flags.FIX_BINARY in entry.flags:
             # Opened at registration from the registering process's root;
             # the kernel keeps using that file whatever the exec'ing root has.
-            host_path = entry.interpreter
-            if os.path.exists(host_path):
-                return host_path, None
-            return None, (
-                "ENOENT",
-                Finding(
-                    "interpreter-gone",
-                    "warning",
-                    f"F entry {entry.name!r}: {entry.interpreter!r} no longer exists here; the "
-                    "kernel still runs the file it opened at registration, but it cannot be "
-                    "checked (and re-registration will fail)",
-                ),
-            )
+            return entry.interpreter, None
         try:
             return resolve(self.root, entry.interpreter, cwd=self.cwd), None
         except OSError as exc:
@@ -428,7 +430,9 @@ class _Predictor:
             err, finding = stop
             return attrs.evolve(verdict, errno=err, findings=(finding,))
         child = self.exec(host_path, interp, argv, next_loop)
-        return attrs.evolve(verdict, errno=child.errno, next=child)
+        return attrs.evolve(
+            verdict, errno=child.errno, findings=_nested_problems(child), next=child
+        )
 
     def via_elf(self, base: Verdict, elf: ElfHeader, target: Optional[str]) -> Verdict:
         if target is None or not self.host.runs_natively(target):
@@ -480,6 +484,11 @@ class _Predictor:
             errno_name = None if emulated else _errno(exc)
             return attrs.evolve(verdict, errno=errno_name, findings=(*verdict.findings, finding))
         return verdict
+
+
+def _nested_problems(child: Verdict) -> tuple[Finding, ...]:
+    """The interpreter's own errors and warnings, so the top verdict explains itself."""
+    return tuple(f for f in child.findings if f.severity != "info")
 
 
 def _fail(verdict: Verdict, findings: list[Finding], err: str, code: str, message: str) -> Verdict:

@@ -48,6 +48,8 @@ class ExecResult:
     stderr: bytes = b""
     #: The errno name of a failed ``execve`` (``"ENOEXEC"``, ``"ENOENT"`` …), else ``None``.
     errno: Optional[str] = None
+    #: The program was killed after the timeout (``returncode`` is then ``None``).
+    timed_out: bool = False
 
 
 # Runs inside the namespace. Kept free of this package's imports: the helper
@@ -70,7 +72,7 @@ for line in sys.stdin:
         if root:
             os.chroot(root)
             os.chdir(cwd or "/")
-    res = {"returncode": None, "stdout": "", "stderr": "", "errno": None}
+    res = {"returncode": None, "stdout": "", "stderr": "", "errno": None, "timed_out": False}
     try:
         p = subprocess.run(
             req["argv"], executable=req.get("executable"), cwd=None if root else cwd,
@@ -81,7 +83,7 @@ for line in sys.stdin:
         res["stdout"] = base64.b64encode(p.stdout).decode()
         res["stderr"] = base64.b64encode(p.stderr).decode()
     except subprocess.TimeoutExpired:
-        res["errno"] = "TIMEOUT"
+        res["timed_out"] = True
     except OSError as exc:
         res["errno"] = errno.errorcode.get(exc.errno, str(exc.errno))
     print(json.dumps(res), flush=True)
@@ -209,6 +211,7 @@ class Sandbox:
             stdout=base64.b64decode(reply["stdout"]),
             stderr=base64.b64decode(reply["stderr"]),
             errno=reply["errno"],
+            timed_out=reply["timed_out"],
         )
 
     def reset(self) -> None:

@@ -185,7 +185,7 @@ def sandbox_runner(box: Sandbox, *, timeout: float = DEFAULT_TIMEOUT) -> Runner:
 
     def run(argv: Sequence[str], root: Optional[str]) -> RunOutcome:
         result = box.run(argv, executable=argv[0], root=root, timeout=timeout)
-        if result.errno == "TIMEOUT":
+        if result.timed_out:
             return RunOutcome(None, stderr=result.stderr, timed_out=True)
         return RunOutcome(result.returncode, errno=result.errno, stderr=result.stderr)
 

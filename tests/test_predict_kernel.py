@@ -137,6 +137,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
 
 def _run(box: Sandbox, path: str) -> tuple[Optional[str], Optional[list[str]]]:
     result = box.run(["ARGV0", "a1"], executable=path, timeout=20)
+    if result.timed_out:
+        return "TIMEOUT", None
     if result.errno is not None:
         return result.errno, None
     return None, result.stdout.decode(errors="replace").splitlines()
