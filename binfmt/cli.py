@@ -134,6 +134,8 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_install(commands)
     _add_uninstall(commands)
+    _add_verify(commands)
+    _add_scan(commands)
     return parser
 
 
@@ -384,3 +386,121 @@ def _carry_out(the_plan: Any, misc: Any, args: argparse.Namespace) -> int:
                 print(f"binfmt: error: {finding.message}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+# -- verify -------------------------------------------------------------------------
+
+
+def _add_verify(commands: Any) -> None:
+    p = commands.add_parser(
+        "verify",
+        help="prove emulation works by running a tiny program per architecture",
+        description="Run a tiny static 'exit 42' program for each target (default: what the "
+        "host runs natively and every registered QEMU target) and report per platform: "
+        "works, native, entry-missing, interpreter-missing, exec-failed, wrong-status. "
+        "With --rootfs the programs run chrooted there, which proves that F entries work "
+        "inside containers. Exit 0 if every target works.",
+    )
+    p.add_argument("targets", nargs="*", metavar="TARGET", help="targets, or 'all'")
+    p.add_argument(
+        "--rootfs",
+        metavar="DIR",
+        help="run the probes chrooted into DIR (needs root), like a container",
+    )
+    _procfs_option(p)
+    _json_option(p)
+    p.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    import os
+
+    from .host import Host
+    from .procfs import DEFAULT_PATH, BinfmtMisc
+    from .verify import verify
+
+    if args.rootfs is not None and not os.path.isdir(args.rootfs):
+        return fail(ValueError(f"invalid --rootfs {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    if os.path.realpath(args.procfs) != os.path.realpath(DEFAULT_PATH):
+        print(
+            f"binfmt: warning: the probes run through this process's binfmt_misc; "
+            f"{args.procfs} is only used to explain the results",
+            file=sys.stderr,
+        )
+    state = BinfmtMisc(args.procfs).state()
+    report = verify(args.targets or None, state=state, host=Host.detect(), rootfs=args.rootfs)
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        sys.stdout.write(report.text())
+    return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+# -- scan ---------------------------------------------------------------------------
+
+
+def _add_scan(commands: Any) -> None:
+    p = commands.add_parser(
+        "scan",
+        help="classify every program in a container root: native, emulated, script, fails",
+        description="Walk ROOTFS (an extracted image, or any tree) and classify every file "
+        "with an exec bit (with --all, every ELF file too): native, emulated (by which "
+        "entry), script (and whether its interpreter runs), would fail (and why), other. "
+        "Symlinks are never followed. Exit 0 if nothing would fail.",
+    )
+    p.add_argument("rootfs", metavar="ROOTFS")
+    p.add_argument("--all", dest="all_files", action="store_true", help="also every ELF file")
+    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="threads (default 1)")
+    p.add_argument(
+        "--max-listed",
+        type=_positive_int,
+        default=1000,
+        metavar="N",
+        help="list at most N failing files (all are counted; default 1000)",
+    )
+    _procfs_option(p)
+    _json_option(p)
+    p.set_defaults(handler=_run_scan)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be at least 1")
+    return value
+
+
+def _run_scan(args: argparse.Namespace) -> int:
+    import os
+
+    from .host import Host
+    from .procfs import BinfmtMisc
+    from .scan import scan
+
+    if not os.path.isdir(args.rootfs):
+        return fail(ValueError(f"invalid ROOTFS {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    state = BinfmtMisc(args.procfs).state()
+    if not state.mounted:
+        print(
+            f"binfmt: warning: binfmt_misc is not mounted at {args.procfs}: "
+            "classifying as if no entry were registered",
+            file=sys.stderr,
+        )
+    progress = sys.stderr if sys.stderr.isatty() and not args.json else None
+    report = scan(
+        args.rootfs,
+        state=state,
+        host=Host.detect(),
+        all_files=args.all_files,
+        max_listed=args.max_listed,
+        jobs=args.jobs,
+        progress=progress,
+    )
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        sys.stdout.write(report.text())
+    return EXIT_OK if report.ok else EXIT_FAILURE

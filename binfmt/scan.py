@@ -2,7 +2,8 @@
 
 :func:`scan` walks a tree (an extracted image, or any directory) and
 classifies every regular file with an exec bit — every ELF file too with
-``all_files`` — the way :func:`binfmt.predict.predict` would, but built for
+``all_files`` (those without an exec bit are judged as if they had one: what
+their platform would need) — the way :func:`binfmt.predict.predict` would, but built for
 hundreds of thousands of files:
 
 - one ``open``/``read(256)``/``close`` per file, and a struct decode of the
@@ -24,11 +25,13 @@ from __future__ import annotations
 
 import errno as errnos
 import os
+import queue
 import stat
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import IO, Any, Optional
+from typing import IO, Any, Callable, Optional
 
 import attrs
 
@@ -140,19 +143,31 @@ def scan(
     host: Host,
     all_files: bool = False,
     max_listed: int = 1000,
+    jobs: int = 1,
     progress: Optional[IO[str]] = None,
+    on_result: Optional[Callable[[FileResult], None]] = None,
 ) -> ScanReport:
     """Classify the programs under ``rootfs`` (see the module docstring).
 
+    ``jobs`` > 1 reads directories in that many threads: it helps when the
+    tree is not in the page cache (the reads then wait on the disk); on a
+    cached tree Python's GIL makes it no faster (see ``docs/performance.md``).
     ``progress``, when given (the CLI passes stderr if it is a terminal),
-    gets a self-overwriting progress line.
+    gets a self-overwriting progress line. ``on_result`` is called with every
+    file's :class:`FileResult` as it is classified (from the scanning thread).
     """
     root = os.path.abspath(rootfs)
     if not os.path.isdir(root):
         raise NotADirectoryError(errnos.ENOTDIR, f"{rootfs} is not a directory", rootfs)
-    scanner = _Scanner(root, state, host, all_files, max_listed, progress)
+    if jobs < 1:
+        raise ValueError(f"invalid jobs {jobs}: must be at least 1")
+    scanner = _Scanner(root, state, host, all_files, max_listed, progress, on_result)
     started = time.perf_counter()
-    scanner.walk()
+    if jobs == 1:
+        scanner.walk()
+    else:
+        scanner.walk_threaded(jobs)
+    scanner.end_progress()
     return scanner.report(time.perf_counter() - started)
 
 
@@ -165,8 +180,10 @@ class _Scanner:
         all_files: bool,
         max_listed: int,
         progress: Optional[IO[str]],
+        on_result: Optional[Callable[[FileResult], None]] = None,
     ) -> None:
         self.root = root
+        self.on_result = on_result
         self.host = host
         self.rules = host.kernel
         self.state = state
@@ -186,24 +203,46 @@ class _Scanner:
         self._entries: dict[str, tuple[Optional[str], str]] = {}
         self._interpreters: dict[str, FileResult] = {}
         self._last_progress = 0.0
+        self.lock = threading.Lock()
 
     # -- walking ------------------------------------------------------------------
 
     def walk(self) -> None:
         stack = [self.root]
         while stack:
-            directory = stack.pop()
-            try:
-                it = os.scandir(directory)
-            except FileNotFoundError:
-                self.skipped["vanished"] += 1
-                continue
-            except OSError:
-                self._unreadable(directory)
-                continue
-            with it:
-                for entry in self._entries_of(it):
-                    self._visit(entry, stack)
+            self._scan_directory(stack.pop(), stack.append)
+
+    def walk_threaded(self, jobs: int) -> None:
+        """The same walk, with ``jobs`` threads taking directories from a queue."""
+        pending: queue.Queue[str] = queue.Queue()
+        pending.put(self.root)
+
+        def worker() -> None:
+            while True:
+                directory = pending.get()
+                try:
+                    self._scan_directory(directory, pending.put)
+                finally:
+                    pending.task_done()
+
+        for _ in range(jobs):
+            threading.Thread(target=worker, daemon=True).start()
+        pending.join()
+
+    def _scan_directory(self, directory: str, push: Callable[[str], None]) -> None:
+        try:
+            it = os.scandir(directory)
+        except FileNotFoundError:
+            self._skip("vanished")
+            return
+        except OSError:
+            self._unreadable(directory)
+            return
+        with it:
+            for entry in self._entries_of(it):
+                self._visit(entry, push)
+
+    def end_progress(self) -> None:
         if self.progress is not None:
             self.progress.write("\r\033[K")
             self.progress.flush()
@@ -219,21 +258,21 @@ class _Scanner:
                 return  # the directory went away mid-read
             yield entry
 
-    def _visit(self, entry: os.DirEntry[str], stack: list[str]) -> None:
+    def _visit(self, entry: os.DirEntry[str], push: Callable[[str], None]) -> None:
         try:
             if entry.is_symlink():
-                self.skipped["symlinks"] += 1
+                self._skip("symlinks")
                 return
             if entry.is_dir(follow_symlinks=False):
-                stack.append(entry.path)
+                push(entry.path)
                 return
             if not entry.is_file(follow_symlinks=False):
-                self.skipped["special files"] += 1
+                self._skip("special files")
                 return
             if not self.all_files and not entry.stat(follow_symlinks=False).st_mode & 0o111:
                 return
         except FileNotFoundError:
-            self.skipped["vanished"] += 1
+            self._skip("vanished")
             return
         except OSError:
             self._unreadable(entry.path)
@@ -244,23 +283,22 @@ class _Scanner:
         try:
             fd = os.open(path, _OPEN_FLAGS)
         except FileNotFoundError:
-            self.skipped["vanished"] += 1
+            self._skip("vanished")
             return
         except OSError as exc:
             if exc.errno == errnos.ELOOP:  # became a symlink since it was listed
-                self.skipped["symlinks"] += 1
+                self._skip("symlinks")
             else:
                 self._unreadable(path)
             return
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                self.skipped["special files"] += 1
+                self._skip("special files")
                 return
             head = os.read(fd, self.rules.buffer_size)
             if self.all_files and not st.st_mode & 0o111 and not head.startswith(b"\x7fELF"):
                 return
-            self.examined += 1
             result = self.classify(self._inside(path), head, fd, st.st_mode, 0)
         except OSError:
             self._unreadable(path)
@@ -436,20 +474,29 @@ class _Scanner:
 
     # -- bookkeeping -----------------------------------------------------------------
 
+    # Counters are shared by the threads of walk_threaded(); updates take the lock.
+
     def _count(self, result: FileResult) -> None:
         via = result.via if result.kind in ("emulated", "script") else ""
-        if result.kind == "native":
-            via = ""
-        self.counts[(result.platform, result.kind, via or "")] += 1
-        if result.kind == "fails":
-            self.failures_total += 1
-            if len(self.failures) < self.max_listed:
-                self.failures.append(result)
+        if self.on_result is not None:
+            self.on_result(result)
+        with self.lock:
+            self.examined += 1
+            self.counts[(result.platform, result.kind, via or "")] += 1
+            if result.kind == "fails":
+                self.failures_total += 1
+                if len(self.failures) < self.max_listed:
+                    self.failures.append(result)
+
+    def _skip(self, what: str) -> None:
+        with self.lock:
+            self.skipped[what] += 1
 
     def _unreadable(self, path: str) -> None:
-        self.skipped["unreadable"] += 1
-        if len(self.unreadable) < self.max_listed:
-            self.unreadable.append(self._inside(path))
+        with self.lock:
+            self.skipped["unreadable"] += 1
+            if len(self.unreadable) < self.max_listed:
+                self.unreadable.append(self._inside(path))
 
     def _tick(self) -> None:
         if self.progress is None:
