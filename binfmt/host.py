@@ -14,7 +14,6 @@ was needed is not).
 
 from __future__ import annotations
 
-import gzip
 import os
 import sys
 from typing import Optional
@@ -189,6 +188,8 @@ def _read(path: str) -> Optional[str]:
 
 def _kernel_config(root: str, release: str) -> Optional[dict[str, str]]:
     """The running kernel's config from /proc/config.gz or /boot/config-RELEASE."""
+    import gzip  # only here: it is slow to import and rarely needed
+
     text: Optional[str] = None
     try:
         with gzip.open(os.path.join(root, "proc/config.gz"), "rt", errors="replace") as f:

@@ -21,14 +21,16 @@ matches.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import qemu
 from .entry import Entry, EntryType
 from .host import Host
-from .install import Plan
-from .predict import Verdict
 from .procfs import State
+
+if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
+    from .install import Plan
+    from .predict import Verdict
 
 __all__ = [
     "entry_document",
