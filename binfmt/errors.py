@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 __all__ = [
     "BinfmtError",
+    "ConfigError",
     "ElfError",
     "InvalidElf",
     "InvalidEntry",
@@ -24,6 +25,8 @@ __all__ = [
     "NotRegularFile",
     "PermissionDenied",
     "UnknownTarget",
+    "UnsafeFileName",
+    "WriteError",
 ]
 
 
@@ -162,3 +165,49 @@ class NotRegularFile(BinfmtError, OSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.filename, self.kind))
+
+
+class ConfigError(BinfmtError, ValueError):
+    """A configuration file (binfmt.d or a Debian format file) that cannot be used.
+
+    ``source`` names the file, ``lineno`` the 1-based line at fault (``None``
+    when the problem is the file as a whole), ``problem`` says what is wrong.
+    The message starts with ``source:lineno: `` so editors can jump to it.
+    """
+
+    def __init__(self, source: str, lineno: Optional[int], problem: str) -> None:
+        self.source = source
+        self.lineno = lineno
+        self.problem = problem
+        where = source if lineno is None else f"{source}:{lineno}"
+        super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.lineno, self.problem))
+
+
+class UnsafeFileName(BinfmtError, ValueError):
+    """A name that is not one plain file name inside one directory.
+
+    Raised before anything is written, so a hostile or mistaken name (``../x``,
+    ``a/b``, ``.``) never reaches the file system.
+    """
+
+    def __init__(self, name: str, rule: str) -> None:
+        self.name = name
+        self.rule = rule
+        super().__init__(f"invalid file name {_show(name)}: {rule}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name, self.rule))
+
+
+class WriteError(BinfmtError, _OneLineOSError):
+    """Files could not be written safely; ``filename`` names the path, ``errno`` the cause."""
+
+    def __init__(self, err: int, path: str, message: str) -> None:
+        super().__init__(err, message)
+        self.filename = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.errno, self.filename, self.strerror))
