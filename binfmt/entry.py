@@ -49,7 +49,13 @@ def _decode(raw: bytes) -> str:
 
 
 def _encode(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # A lone surrogate that does not stand for an undecodable byte.
+        raise InvalidEntry(
+            "text", text, "contains a character that is neither UTF-8 text nor an escaped byte"
+        ) from None
 
 
 class EntryType(enum.Enum):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, NoReturn, Optional, Union
 
 import pytest
 
@@ -71,7 +71,7 @@ def make_fake_procfs(
     return misc
 
 
-def require_or_skip(reason: str) -> None:
+def require_or_skip(reason: str) -> NoReturn:
     """``pytest.skip(reason)``, or ``pytest.fail`` when ``BINFMT_REQUIRE_ALL=1``."""
     if os.environ.get("BINFMT_REQUIRE_ALL") == "1":
         pytest.fail(f"required test layer unavailable (BINFMT_REQUIRE_ALL=1): {reason}")

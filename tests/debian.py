@@ -41,9 +41,7 @@ def debian_qemu_lines() -> list[str]:
         require_or_skip("Debian's qemu-user-static is not installed (no /usr/lib/binfmt.d/qemu-*)")
     lines = []
     for conf in confs:
-        lines += [
-            line
-            for line in conf.read_text().splitlines()
-            if line.strip() and not line.startswith(("#", ";"))
-        ]
+        # systemd strips blanks before it looks for a comment (apply_file()).
+        stripped = (line.strip() for line in conf.read_text().splitlines())
+        lines += [line for line in stripped if line and not line.startswith(("#", ";"))]
     return lines

@@ -26,3 +26,15 @@ for tool in qemu-aarch64-static unshare file; do
     command -v "$tool" >/dev/null 2>&1 || { echo "setup-system.sh: error: $tool missing after install" >&2; exit 1; }
 done
 tests/fetch-debian.sh tests/.cache/debian
+# Debian's update-binfmts, unpacked (never installed: its postinst would
+# register formats in the host's global binfmt_misc), for the differential
+# test of the Debian format files.
+if [ ! -x tests/.cache/binfmt-support/usr/sbin/update-binfmts ]; then
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -q binfmt-support) || true
+    deb=$(ls "$tmp"/binfmt-support_*.deb 2>/dev/null | head -n 1)
+    [ -n "$deb" ] || { echo "setup-system.sh: error: apt-get download binfmt-support failed" >&2; exit 1; }
+    rm -rf tests/.cache/binfmt-support
+    dpkg-deb -x "$deb" tests/.cache/binfmt-support
+    rm -rf "$tmp"
+fi

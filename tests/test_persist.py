@@ -37,6 +37,7 @@ from binfmt.persist import (
     render_debian_format,
     write_files,
 )
+from binfmt.testing import require_or_skip
 
 K618 = KernelRules.for_release("6.18.44")
 DATA = Path(__file__).parent / "data" / "persist"
@@ -107,7 +108,7 @@ def test_debian_qemu_formats_read_as_a_directory() -> None:
 def test_installed_qemu_files_agree_the_same_way() -> None:
     """On a machine with qemu-user-static installed, the live pairs differ only by O too."""
     if not Path("/usr/share/binfmts/qemu-aarch64").exists():
-        pytest.skip("Debian's qemu-user-static is not installed")
+        require_or_skip("Debian's qemu-user-static is not installed")
     formats = {f.name: f for f in read_debian_formats() if f.name.startswith("qemu-")}
     lines = {}
     for path in effective_files():
@@ -700,7 +701,7 @@ def update_binfmts() -> str:
     cached = UPDATE_BINFMTS_CACHE / "usr" / "sbin" / "update-binfmts"
     if cached.exists():
         return str(cached)
-    pytest.skip(
+    require_or_skip(
         "update-binfmts not found: apt-get download binfmt-support && "
         "dpkg-deb -x binfmt-support_*.deb tests/.cache/binfmt-support"
     )
