@@ -134,8 +134,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_check(commands)
     _add_install(commands)
     _add_uninstall(commands)
+    _add_export(commands)
+    _add_load(commands)
     _add_verify(commands)
     _add_scan(commands)
+    _add_doctor(commands)
     return parser
 
 
@@ -504,3 +507,186 @@ def _run_scan(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.text())
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+# -- export / load --------------------------------------------------------------------
+
+
+def _add_export(commands: Any) -> None:
+    p = commands.add_parser(
+        "export",
+        help="write registrations as binfmt.d, Debian format or register lines",
+        description="Write the registrations that 'install TARGET…' would make (same options), "
+        "or with --current the entries registered now (all, or those named), as systemd "
+        "binfmt.d files "
+        "(NAME.conf, overriding the vendor file of the same name), Debian binfmt-support "
+        "format files, or plain register lines. Without --dir, print them. Files are written "
+        "atomically and never through a symlink.",
+    )
+    p.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET|NAME",
+        help="targets or 'all'; with --current, entry names (default: all entries)",
+    )
+    p.add_argument("--current", action="store_true", help="export the current entries instead")
+    p.add_argument(
+        "--format",
+        choices=("systemd", "debian", "register"),
+        default="systemd",
+        help="file format (default: systemd)",
+    )
+    p.add_argument("--dir", metavar="DIR", help="write one file per entry into DIR")
+    p.add_argument("--package", default="binfmt", help="package name in Debian format files")
+    _install_options(p)
+    _change_options(p)
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import os
+
+    from . import persist
+    from .host import Host
+    from .install import plan
+    from .procfs import BinfmtMisc
+
+    if not args.targets and not args.current:
+        return fail(ValueError("name targets (or 'all'), or pass --current"), EXIT_USAGE)
+    misc = BinfmtMisc(args.procfs)
+    state = misc.state()
+    if args.current:
+        misc.require_mounted()
+        entries = list(reversed(state.entries))  # registration order: oldest first
+        if args.targets:
+            unknown = [n for n in args.targets if state.get(n) is None]
+            if unknown:
+                return fail(ValueError(f"no entry named {unknown[0]!r} is registered"))
+            entries = [e for e in entries if e.name in args.targets]
+        disabled = [e.name for e in entries if not e.enabled]
+        if disabled:
+            print(
+                f"binfmt: warning: exported as enabled (files cannot say disabled): "
+                f"{', '.join(disabled)}",
+                file=sys.stderr,
+            )
+    else:
+        the_plan = plan(args.targets, _install_options_from(args), state=state, host=Host.detect())
+        errors = [f for f in the_plan.findings if f.severity == "error"]
+        if errors:
+            return fail(ValueError(errors[0].message))
+        entries = [s.entry for s in the_plan.steps if s.action != "skip"]
+    if args.format == "systemd":
+        files = persist.binfmt_d_files(entries)
+    elif args.format == "debian":
+        files = persist.debian_files(entries, args.package)
+    else:
+        files = {"binfmt.register": "".join(e.to_register() + "\n" for e in entries)}
+    written: list[str] = []
+    if args.dir and not args.dry_run:
+        written = persist.write_files(args.dir, files)
+    if args.json:
+        emit_json(
+            {
+                "format": args.format,
+                "dir": args.dir,
+                "dry_run": args.dry_run,
+                "files": [{"name": n, "content": c} for n, c in files.items()],
+                "written": written,
+            }
+        )
+    elif not args.dir or args.dry_run:
+        for name, content in files.items():
+            if len(files) > 1 or args.dry_run:
+                target = os.path.join(args.dir, name) if args.dir else name
+                sys.stdout.write(f"# ==> {target} <==\n")
+            sys.stdout.write(content)
+    else:
+        for path in written:
+            print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _add_load(commands: Any) -> None:
+    p = commands.add_parser(
+        "load",
+        help="register what binfmt.d files say, like systemd-binfmt but without wiping others",
+        description="Register the entries of binfmt.d directories or files. Directories are "
+        "read as systemd-binfmt reads /etc, /run, /usr/local/lib and /usr/lib/binfmt.d "
+        "(give them highest precedence first: same-name override, /dev/null masks, applied "
+        "in file-name order). An entry of the same name that differs is replaced; entries "
+        "of other names are never touched, unlike systemd-binfmt, which first removes all.",
+    )
+    p.add_argument("paths", nargs="+", metavar="DIR|FILE")
+    _change_options(p)
+    p.set_defaults(handler=_run_load)
+
+
+def _run_load(args: argparse.Namespace) -> int:
+    import os
+
+    from . import persist
+    from .install import plan_entries
+    from .procfs import BinfmtMisc
+
+    lines: list[Any] = []
+    dirs = [p for p in args.paths if os.path.isdir(p)]
+    for path in args.paths:
+        if not os.path.exists(path):
+            return fail(ValueError(f"invalid path {path!r}: no such file or directory"), EXIT_USAGE)
+    if dirs:
+        lines += persist.read_binfmt_d([os.path.abspath(d) for d in dirs])
+    for path in args.paths:
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8", "surrogateescape")
+            lines += persist.parse_binfmt_d(text, path)
+    entries = [line.entry for line in persist.effective_entries(lines)]
+    misc = BinfmtMisc(args.procfs)
+    misc.require_mounted()
+    the_plan = plan_entries(entries, state=misc.state())
+    return _carry_out(the_plan, misc, args)
+
+
+# -- doctor -------------------------------------------------------------------------
+
+
+def _add_doctor(commands: Any) -> None:
+    p = commands.add_parser(
+        "doctor",
+        help="diagnose the node: every problem with its fix",
+        description="Check binfmt_misc on this node: mount and switch, kernel, user "
+        "namespace, every entry (interpreter present, executable, static, safe with C; F; "
+        "native binaries captured; shadowed or duplicated), persistence across "
+        "systemd-binfmt restarts, and the platforms asked for with --platform (tried with "
+        "verify's probes). Exit 0 healthy, 1 warnings, 2 errors.",
+    )
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        metavar="P",
+        help="a platform the node must run, e.g. linux/arm64 (repeatable)",
+    )
+    p.add_argument("--no-probe", action="store_true", help="do not run probe programs")
+    _procfs_option(p)
+    _json_option(p)
+    p.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose
+    from .host import Host
+    from .procfs import BinfmtMisc
+
+    report = diagnose(
+        BinfmtMisc(args.procfs).state(),
+        Host.detect(),
+        platforms=args.platform,
+        probe=not args.no_probe,
+    )
+    if args.json:
+        emit_json(report.to_dict())
+    else:
+        sys.stdout.write(report.text())
+    return report.exit_status

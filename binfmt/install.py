@@ -51,6 +51,7 @@ __all__ = [
     "find_interpreter",
     "is_qemu_entry",
     "plan",
+    "plan_entries",
     "plan_uninstall",
 ]
 
@@ -359,6 +360,45 @@ def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
             )
         )
     return found
+
+
+def plan_entries(
+    entries: Iterable[Entry], *, state: State, replace: bool = True, reason: str = ""
+) -> Plan:
+    """Plan registering ``entries`` as given (from binfmt.d files, say), in order.
+
+    An identical entry is left alone (or enabled), one of the same name that
+    differs is replaced when ``replace`` (the file names it: that is asking by
+    name) and is a conflict otherwise. Entries of other names are never touched.
+    """
+    steps: list[Step] = []
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            findings.append(
+                Finding("repeated-name", "error", f"{entry.name!r} is given twice; keep one")
+            )
+            continue
+        seen.add(entry.name)
+        existing = state.get(entry.name)
+        if existing is None:
+            steps.append(Step("register", entry, None, reason or "register"))
+        elif _same_registration(existing, entry):
+            action = "unchanged" if existing.enabled else "enable"
+            steps.append(Step(action, entry, None, "already registered, identical", existing))
+        elif replace:
+            steps.append(Step("replace", entry, None, "replace the different entry", existing))
+        else:
+            findings.append(
+                Finding(
+                    "name-conflict",
+                    "error",
+                    f"an entry named {entry.name!r} already exists and differs",
+                )
+            )
+            steps.append(Step("replace", entry, None, "conflict", existing))
+    return Plan(state.path, tuple(steps), tuple(findings))
 
 
 def plan_uninstall(names: Iterable[str], *, all_qemu: bool = False, state: State) -> Plan:

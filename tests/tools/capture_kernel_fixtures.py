@@ -209,6 +209,45 @@ SCENARIOS: dict[str, list[str]] = {
         ":with space:E::sp::/bin/cat:",
     ],
 }
+
+
+def _qemu_line(target: str, interpreter: str, flags: str, name: str = "") -> str:
+    from binfmt import qemu
+
+    entry = qemu.get(target).to_entry(interpreter, flags, name=name or None)
+    return entry.to_register()
+
+
+def _fex_line() -> str:
+    """FEX's x86_64 entry: QEMU's magic, but bytes 8-10 (ABI version, padding) ignored."""
+    from binfmt import Entry, qemu
+
+    sig = qemu.get("x86_64")
+    mask = bytearray(sig.mask)
+    mask[8:11] = b"\0\0\0"
+    return Entry(
+        "FEX-x86_64", "/usr/bin/FEXInterpreter", magic=sig.magic, mask=bytes(mask), flags="OC"
+    ).to_register()
+
+
+# One problem of each kind `binfmt doctor` reports about entries (tests/test_doctor.py
+# builds the matching fake root: which interpreters exist, are dynamic, writable …).
+def _doctor_lines() -> list[str]:
+    return [
+        _qemu_line("aarch64", "/usr/bin/qemu-aarch64-static", "F"),  # healthy
+        _qemu_line("arm", "/usr/bin/qemu-arm", ""),  # dynamic, no F
+        _qemu_line("riscv64", "/opt/missing/qemu-riscv64-static", ""),  # missing
+        _qemu_line("s390x", "/usr/local/bin/qemu-s390x-static", "OC"),  # writable with C
+        _qemu_line("hppa", "/usr/bin/qemu-hppa-static", ""),  # not executable
+        _qemu_line("mips64el", "/usr/bin/qemu-mips64el-static", "F"),  # gone since
+        _qemu_line("x86_64", "/usr/bin/qemu-x86_64-static", "F"),  # captures the host's own
+        _qemu_line("x86_64", "/mnt/rosetta/rosetta", "OC", name="rosetta"),  # same test
+        _fex_line(),  # a wider mask for the same binaries: shadows both
+        _qemu_line("ppc64le", "/usr/bin/qemu-ppc64le-static", "F"),
+        _qemu_line("ppc64le", "/usr/bin/qemu-ppc64le-static", "F", name="ppc64le-again"),
+    ]
+
+
 # Debian's qemu-user-static lines, as its binfmt.d files have them.
 DEBIAN_BINFMT_D = Path("/usr/lib/binfmt.d")
 # Entries to disable after registration, per scenario; and global off.
@@ -280,6 +319,7 @@ def main() -> int:
                 f.write(json.dumps(record, sort_keys=True) + "\n")
         scenarios = dict(SCENARIOS)
         scenarios["debian-qemu-user-static"] = _debian_lines()
+        scenarios["doctor-problems"] = _doctor_lines()
         for name, lines in scenarios.items():
             capture_tree(box, name, lines, DATA / "procfs" / name)
         (DATA / "procfs" / "SOURCE").write_text(

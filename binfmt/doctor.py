@@ -1,0 +1,434 @@
+"""Health checks for a multi-arch node: one finding per problem, each with its fix.
+
+:func:`diagnose` looks at the binfmt_misc mount and switch, the kernel, the
+user namespace, every enabled entry (its interpreter, its flags, what it
+matches and what it shadows), whether the registrations survive a
+``systemd-binfmt`` restart, and — for each ``platforms`` asked for —
+whether the node can run that platform at all (by running the probe from
+:mod:`binfmt.verify` where it can). The problems are the ones users of
+``qemu-binfmt-conf.sh``, ``tonistiigi/binfmt`` and friends keep tripping over
+(``docs/doctor.rst`` maps each code to those reports).
+
+Every path the checks read (interpreters, ``/etc/binfmt.d``, the systemd
+binary, ``/proc/self``) is taken under ``root``, so the whole diagnosis can
+run against a fake tree.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import stat
+from collections.abc import Iterable, Sequence
+from typing import Any, Optional
+
+import attrs
+
+from . import qemu
+from .elf import details
+from .entry import Entry, EntryType, Flags
+from .errors import BinfmtError, ElfError
+from .host import Host
+from .persist import SYSTEMD_DIRS, effective_entries, read_binfmt_d
+from .procfs import DEFAULT_PATH, State
+
+__all__ = ["CODES", "DoctorReport", "Problem", "diagnose"]
+
+#: Every finding code doctor emits, with its severity. Stable: scripts may match on them.
+CODES = {
+    "not-mounted": "error",
+    "automount-not-triggered": "error",
+    "disabled": "error",
+    "kernel-without-f": "warning",
+    "user-namespace": "info",
+    "interpreter-missing": "error",
+    "interpreter-gone": "warning",
+    "interpreter-not-executable": "error",
+    "interpreter-dynamic": "warning",
+    "writable-credentials-interpreter": "error",
+    "no-fix-binary": "warning",
+    "hijacks-native": "error",
+    "shadowed-entry": "warning",
+    "duplicate-entry": "warning",
+    "not-persisted": "warning",
+    "systemd-binfmt-flushes": "info",
+    "platform-unavailable": "error",
+    "platform-ok": "info",
+    "unreadable-entry": "warning",
+    "invalid-config": "warning",
+}
+SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
+SYSTEMD_BINFMT = ("/usr/lib/systemd/systemd-binfmt", "/lib/systemd/systemd-binfmt")
+
+
+@attrs.frozen
+class Problem:
+    """One finding: what is wrong (or worth knowing), and how to fix it."""
+
+    code: str
+    message: str
+    fix: str = ""
+    entry: Optional[str] = None
+
+    @property
+    def severity(self) -> str:
+        return CODES[self.code]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "severity": self.severity,
+            "entry": self.entry,
+            "message": self.message,
+            "fix": self.fix,
+        }
+
+
+@attrs.frozen
+class DoctorReport:
+    procfs: str
+    problems: tuple[Problem, ...]
+
+    @property
+    def worst(self) -> str:
+        return max(
+            (p.severity for p in self.problems), key=SEVERITY_ORDER.__getitem__, default="info"
+        )
+
+    @property
+    def exit_status(self) -> int:
+        """0 healthy (or only info), 1 warnings, 2 errors."""
+        return SEVERITY_ORDER[self.worst]
+
+    def codes(self) -> list[str]:
+        return [p.code for p in self.problems]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "procfs": self.procfs,
+            "status": {0: "ok", 1: "warnings", 2: "errors"}[self.exit_status],
+            "findings": [p.to_dict() for p in self.problems],
+        }
+
+    def text(self) -> str:
+        lines = []
+        for p in sorted(self.problems, key=lambda p: -SEVERITY_ORDER[p.severity]):
+            where = f" [{p.entry}]" if p.entry else ""
+            lines.append(f"{p.severity}: {p.code}{where}: {p.message}")
+            if p.fix:
+                lines.append(f"    fix: {p.fix}")
+        counts = {s: sum(p.severity == s for p in self.problems) for s in SEVERITY_ORDER}
+        verdict = {0: "healthy", 1: "works, with warnings", 2: "broken"}[self.exit_status]
+        lines.append(
+            f"{self.procfs}: {verdict} ({counts['error']} errors, {counts['warning']} warnings, "
+            f"{counts['info']} notes)"
+        )
+        return "\n".join(lines) + "\n"
+
+
+def diagnose(
+    state: State,
+    host: Host,
+    *,
+    root: str = "/",
+    binfmt_d_dirs: Sequence[str] = SYSTEMD_DIRS,
+    platforms: Iterable[str] = (),
+    probe: bool = True,
+) -> DoctorReport:
+    """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel)."""
+    doctor = _Doctor(state, host, root, binfmt_d_dirs)
+    doctor.check_mount()
+    if state.mounted:
+        doctor.check_kernel()
+        for name in state.unreadable:
+            doctor.add("unreadable-entry", f"entry {name!r} cannot be read", "run as root", name)
+        enabled = [e for e in state.entries if e.enabled]
+        for entry in enabled:
+            doctor.check_entry(entry)
+        doctor.check_overlaps(enabled)
+        doctor.check_persistence(enabled)
+    for platform in platforms:
+        doctor.check_platform(platform, probe)
+    return DoctorReport(state.path, tuple(doctor.problems))
+
+
+class _Doctor:
+    def __init__(self, state: State, host: Host, root: str, binfmt_d_dirs: Sequence[str]) -> None:
+        self.state = state
+        self.host = host
+        self.root = root
+        self.binfmt_d_dirs = binfmt_d_dirs
+        self.problems: list[Problem] = []
+
+    def add(self, code: str, message: str, fix: str = "", entry: Optional[str] = None) -> None:
+        self.problems.append(Problem(code, message, fix, entry))
+
+    def path(self, path: str) -> str:
+        return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path
+
+    # -- the instance ---------------------------------------------------------------
+
+    def check_mount(self) -> None:
+        path = self.state.path
+        if not self.state.mounted:
+            if _is_autofs(self.path("/proc/self/mountinfo"), path):
+                self.add(
+                    "automount-not-triggered",
+                    f"{path} is an automount point that did not mount binfmt_misc "
+                    "(seen on Amazon Linux 2023 / EKS nodes): registrations made in a "
+                    "container land in the container's own mount and the host has none",
+                    "on the host: systemctl restart proc-sys-fs-binfmt_misc.mount "
+                    f"(or mount -t binfmt_misc binfmt_misc {path}), then register again",
+                )
+            else:
+                self.add(
+                    "not-mounted",
+                    f"binfmt_misc is not mounted at {path}: no foreign binary can run",
+                    f"mount -t binfmt_misc binfmt_misc {path} (as root; the kernel needs "
+                    "CONFIG_BINFMT_MISC)",
+                )
+            return
+        if not self.state.enabled:
+            self.add(
+                "disabled",
+                "binfmt_misc is switched off globally: no entry is used",
+                f"echo 1 > {path}/status",
+            )
+
+    def check_kernel(self) -> None:
+        rules = self.host.kernel
+        if "F" not in rules.flag_letters:
+            self.add(
+                "kernel-without-f",
+                f"kernel {self.host.release} predates the F flag (4.8): the interpreter must "
+                "exist inside every container",
+                "upgrade the kernel, or install QEMU inside the images",
+            )
+        uid_map = _read(self.path("/proc/self/uid_map"))
+        if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
+            self.add(
+                "user-namespace",
+                "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
+                "binfmt_misc gets its own instance, which hides the host's for good "
+                "(even after unmounting)",
+                "inspect and register from the host (or the namespace whose instance you mean)",
+            )
+
+    # -- one entry ----------------------------------------------------------------------
+
+    def check_entry(self, entry: Entry) -> None:
+        targets = qemu.identify(entry)
+        interp = self.path(entry.interpreter)
+        fixed = Flags.FIX_BINARY in entry.flags
+        try:
+            st = os.stat(interp)
+        except OSError as exc:
+            if fixed:
+                self.add(
+                    "interpreter-gone",
+                    f"{entry.interpreter} is gone; the kernel still runs the file it opened at "
+                    "registration (an old version, after an upgrade?)",
+                    f"register {entry.name} again (binfmt install --replace …)",
+                    entry.name,
+                )
+            else:
+                self.add(
+                    "interpreter-missing",
+                    f"interpreter {entry.interpreter} does not exist ({exc.strerror}): every "
+                    "matching exec fails with ENOENT",
+                    "install it, or remove the entry (binfmt uninstall NAME)",
+                    entry.name,
+                )
+            return
+        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            self.add(
+                "interpreter-not-executable",
+                f"interpreter {entry.interpreter} is not an executable file: execs fail "
+                "with EACCES",
+                f"chmod +x {entry.interpreter}, or point the entry at the right file",
+                entry.name,
+            )
+            return
+        if Flags.CREDENTIALS in entry.flags and (st.st_uid != 0 or st.st_mode & 0o022):
+            self.add(
+                "writable-credentials-interpreter",
+                f"{entry.interpreter} has the C flag but can be changed by a non-root user: "
+                "anyone who can write it runs code with the privileges of every setuid "
+                "program it emulates",
+                f"chown root {entry.interpreter} && chmod go-w {entry.interpreter}",
+                entry.name,
+            )
+        if targets:
+            self.check_emulator(entry, interp, fixed, targets)
+
+    def check_emulator(
+        self, entry: Entry, interp: str, fixed: bool, targets: Sequence[qemu.Signature]
+    ) -> None:
+        try:
+            info = details(interp)
+        except (ElfError, OSError):
+            info = None
+        if info is not None and info.is_dynamic:
+            self.add(
+                "interpreter-dynamic",
+                f"{entry.interpreter} is dynamically linked: inside a container it needs its "
+                "loader and libraries there too, and fails without them, even with F",
+                "use a static build (Debian/Ubuntu: qemu-user-static) and register it again",
+                entry.name,
+            )
+        if not fixed:
+            self.add(
+                "no-fix-binary",
+                f"{entry.name} has no F flag: the kernel looks for {entry.interpreter} inside "
+                "each container, where it is usually missing (ENOENT)",
+                f"binfmt install {targets[0].name} --persistent --replace",
+                entry.name,
+            )
+        hijacked = [
+            t
+            for t in self.host.native
+            if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
+        ]
+        if hijacked:
+            self.add(
+                "hijacks-native",
+                f"{entry.name} matches this host's own {', '.join(hijacked)} binaries: "
+                f"every such exec goes to {entry.interpreter} (or fails with ELOOP)",
+                f"binfmt uninstall {entry.name}",
+                entry.name,
+            )
+
+    # -- between entries ----------------------------------------------------------------
+
+    def check_overlaps(self, enabled: list[Entry]) -> None:
+        seen: dict[tuple[object, ...], str] = {}
+        for i, newer in enumerate(enabled):
+            key = _test_key(newer)
+            if key in seen:
+                self.add(
+                    "duplicate-entry",
+                    f"{newer.name} tests exactly what {seen[key]} tests: only {seen[key]} "
+                    "(the newer) is ever used",
+                    f"remove one of them (binfmt uninstall {newer.name})",
+                    newer.name,
+                )
+                continue
+            seen[key] = newer.name
+            newer_targets = set(qemu.identify(newer))
+            if not newer_targets:
+                continue
+            for older in enabled[i + 1 :]:
+                if _test_key(older) == key:
+                    continue
+                lost = [t.name for t in qemu.identify(older) if t in newer_targets]
+                if lost:
+                    self.add(
+                        "shadowed-entry",
+                        f"{older.name} ({older.interpreter}) is never used for "
+                        f"{', '.join(lost)} binaries: the newer {newer.name} "
+                        f"({newer.interpreter}) matches them first",
+                        f"if {older.name} should win, register it again so it is the newest, "
+                        f"or remove {newer.name}",
+                        older.name,
+                    )
+
+    def check_persistence(self, enabled: list[Entry]) -> None:
+        systemd = any(os.path.exists(self.path(p)) for p in SYSTEMD_BINFMT)
+        if not systemd or not enabled:
+            return
+        try:
+            lines = effective_entries(read_binfmt_d(self.binfmt_d_dirs, self.root))
+        except BinfmtError as exc:
+            self.add("invalid-config", f"binfmt.d: {exc}", "fix or remove that line")
+            lines = []
+        persisted = {line.entry.name: line.entry for line in lines}
+        missing = []
+        for entry in enabled:
+            saved = persisted.get(entry.name)
+            if saved is None or attrs.evolve(saved, enabled=True) != attrs.evolve(
+                entry, enabled=True
+            ):
+                missing.append(entry.name)
+        for name in missing:
+            self.add(
+                "not-persisted",
+                f"{name} is not in any binfmt.d file: it is lost at reboot, and at the next "
+                "systemd-binfmt restart",
+                f"binfmt export --current --format systemd --dir /etc/binfmt.d {shlex.quote(name)}",
+                name,
+            )
+        if missing:
+            self.add(
+                "systemd-binfmt-flushes",
+                "systemd-binfmt is installed: every start or restart of it first removes ALL "
+                "entries (also those of containers, WSL or Rosetta), then registers only its "
+                "binfmt.d files",
+                "persist what you need in /etc/binfmt.d (binfmt export)",
+            )
+
+    # -- platforms ----------------------------------------------------------------------
+
+    def check_platform(self, platform: str, probe: bool) -> None:
+        try:
+            sig = qemu.lookup(platform)
+        except BinfmtError as exc:
+            self.add("platform-unavailable", str(exc), "name an OCI platform such as linux/arm64")
+            return
+        if self.host.runs_natively(sig.name):
+            self.add("platform-ok", f"{platform} runs natively ({sig.name})")
+            return
+        if probe and self.state.path == DEFAULT_PATH and self.root == "/":
+            from .verify import verify
+
+            result = verify([sig.name], state=self.state, host=self.host).results[0]
+            if result.ok:
+                self.add("platform-ok", f"{platform}: {result.status} via {result.entry}")
+            else:
+                self.add(
+                    "platform-unavailable",
+                    f"{platform} cannot run: {result.status} ({result.detail})",
+                    f"binfmt install {sig.name} --persistent",
+                )
+            return
+        entries = [e for e in self.state.entries if e.enabled and sig in qemu.identify(e)]
+        if self.state.enabled and entries:
+            self.add("platform-ok", f"{platform}: emulated by {entries[0].name} (not probed)")
+        else:
+            self.add(
+                "platform-unavailable",
+                f"{platform} cannot run: not native, and no enabled entry matches {sig.name} "
+                "binaries",
+                f"binfmt install {sig.name} --persistent",
+            )
+
+
+def _test_key(entry: Entry) -> tuple[object, ...]:
+    """What an entry compares, normalised: two entries with the same key match the same files."""
+    if entry.type is EntryType.EXTENSION:
+        return ("E", entry.extension)
+    mask = entry.mask if entry.mask is not None else b"\xff" * entry.size
+    masked = bytes(a & b for a, b in zip(entry.magic, mask))
+    return ("M", entry.offset, masked, mask)
+
+
+def _read(path: str) -> Optional[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _is_autofs(mountinfo: str, path: str) -> bool:
+    """Whether ``path`` is an autofs mount point in this mount namespace."""
+    text = _read(mountinfo)
+    if not text:
+        return False
+    for line in text.splitlines():
+        fields = line.split(" - ", 1)
+        if len(fields) != 2:
+            continue
+        left, right = fields[0].split(), fields[1].split()
+        if len(left) > 4 and right and left[4] == path and right[0] == "autofs":
+            return True
+    return False
