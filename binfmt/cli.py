@@ -169,21 +169,45 @@ def _add_status(commands: Any) -> None:
     )
     _procfs_option(p)
     _json_option(p)
+    p.add_argument(
+        "--format",
+        choices=("text", "json", "nfd"),
+        help="text (default), json (same as --json), or nfd: a node-feature-discovery "
+        "feature file with one binfmt.<platform>=true line per platform the node can run",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write to FILE atomically instead of printing (e.g. "
+        "/etc/kubernetes/node-feature-discovery/features.d/binfmt)",
+    )
     p.set_defaults(handler=_run_status)
 
 
 def _run_status(args: argparse.Namespace) -> int:
     from .host import Host
     from .procfs import BinfmtMisc
-    from .report import status_document, status_text
+    from .report import nfd_features, status_document, status_text
 
     misc = BinfmtMisc(args.procfs)
     state = misc.state()
     host = Host.detect()
-    if args.json:
-        emit_json(status_document(state, host))
+    form = "json" if args.json else (args.format or "text")
+    if form == "json":
+        text = json.dumps(status_document(state, host), indent=2, ensure_ascii=False) + "\n"
+    elif form == "nfd":
+        text = nfd_features(state, host)
     else:
-        sys.stdout.write(status_text(state, host))
+        text = status_text(state, host)
+    if args.output:
+        import os
+
+        from .persist import write_files
+
+        directory, name = os.path.split(os.path.abspath(args.output))
+        write_files(directory, {name: text})
+    else:
+        sys.stdout.write(text)
     if not state.mounted:
         misc.require_mounted()  # raises NotMounted, whose message says how to mount
     return EXIT_OK

@@ -35,7 +35,9 @@ if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
 __all__ = [
     "entry_document",
     "host_document",
+    "nfd_features",
     "plan_text",
+    "runnable_platforms",
     "status_document",
     "status_text",
     "verdict_text",
@@ -105,6 +107,42 @@ def _matches_text(doc: dict[str, Any]) -> str:
     magic = doc["magic"]
     shown = magic if len(magic) <= 24 else magic[:24] + "…"
     return f"magic {shown}" + (f" @{doc['offset']}" if doc["offset"] else "")
+
+
+def runnable_platforms(state: State, host: Host) -> list[str]:
+    """OCI platforms the node runs: natively, or through an enabled entry that can start.
+
+    An entry counts when binfmt_misc is on and its interpreter is there (or
+    held open by F). This reads files only; ``binfmt verify`` runs programs
+    to prove it.
+    """
+    import os
+
+    from .entry import Flags
+
+    platforms: list[str] = []
+    targets = [qemu.get(t) for t in host.native]
+    if state.mounted and state.enabled:
+        for entry in state.entries:
+            if not entry.enabled:
+                continue
+            usable = Flags.FIX_BINARY in entry.flags or os.access(entry.interpreter, os.X_OK)
+            if usable:
+                targets.extend(qemu.identify(entry))
+    for sig in targets:
+        platforms.extend(p for p in sig.platforms if p not in platforms)
+    return platforms
+
+
+def nfd_features(state: State, host: Host) -> str:
+    """A node-feature-discovery ``local`` feature file: ``binfmt.linux-arm64=true`` …
+
+    NFD turns each line into the label ``feature.node.kubernetes.io/<name>``;
+    label names cannot hold ``/``, so the platform's slashes become dashes.
+    """
+    lines = ["# binfmt: platforms this node runs (natively or emulated)"]
+    lines += [f"binfmt.{p.replace('/', '-')}=true" for p in runnable_platforms(state, host)]
+    return "\n".join(lines) + "\n"
 
 
 def status_text(state: State, host: Host) -> str:

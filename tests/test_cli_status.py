@@ -185,3 +185,37 @@ def test_status_of_a_live_instance(
         ("second", True, "P"),
         ("first", False, ""),
     ]
+
+
+def test_nfd_feature_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """--format nfd lists native and emulated platforms as NFD labels; --output writes it."""
+    assert main(["status", "--format", "nfd", "--procfs", str(TREES / "mixed-registrants")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("#")
+    labels = lines[1:]
+    assert all(line.startswith("binfmt.linux-") and line.endswith("=true") for line in labels)
+    # qemu-aarch64 (F) counts; rosetta's interpreter is missing here and has no F.
+    assert "binfmt.linux-arm64=true" in labels
+    native = {
+        f"binfmt.{p.replace('/', '-')}=true"
+        for p in status_json(capsys, str(TREES / "mixed-registrants"))["host"]["platforms"]
+    }
+    assert native <= set(labels)
+    out = tmp_path / "features.d" / "binfmt"
+    out.parent.mkdir()
+    assert (
+        main(
+            [
+                "status",
+                "--format",
+                "nfd",
+                "--procfs",
+                str(TREES / "spec-examples"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    # binfmt_misc is switched off in spec-examples: only native platforms remain.
+    assert set(out.read_text().splitlines()[1:]) == native
