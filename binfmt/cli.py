@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from .errors import BinfmtError
 
@@ -123,13 +123,20 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors as the one line every other error is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"binfmt: error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="binfmt",
         description="Inspect, predict and manage Linux binfmt_misc (QEMU user-mode emulation).",
     )
     parser.add_argument("--version", action=_VersionAction)
-    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
     _add_status(commands)
     _add_check(commands)
     _add_install(commands)
@@ -353,8 +360,8 @@ def _run_install(args: argparse.Namespace) -> int:
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
     host = Host.detect()
-    the_plan = plan(args.targets, _install_options_from(args), state=misc.state(), host=host)
-    return _carry_out(the_plan, misc, args)
+    options = _install_options_from(args)
+    return _carry_out(lambda state: plan(args.targets, options, state=state, host=host), misc, args)
 
 
 def _add_uninstall(commands: Any) -> None:
@@ -380,22 +387,29 @@ def _run_uninstall(args: argparse.Namespace) -> int:
         return fail(ValueError("name entries or targets to remove, or pass --all-qemu"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
-    the_plan = plan_uninstall(args.names, all_qemu=args.all_qemu, state=misc.state())
-    return _carry_out(the_plan, misc, args)
+    return _carry_out(
+        lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state), misc, args
+    )
 
 
-def _carry_out(the_plan: Any, misc: Any, args: argparse.Namespace) -> int:
-    """Print a plan, apply it unless --dry-run, report. Shared by every changing command."""
-    from .install import InstallError, apply
+def _carry_out(make_plan: Callable[[Any], Any], misc: Any, args: argparse.Namespace) -> int:
+    """Plan and apply under the writer lock, then report. Shared by every changing command.
+
+    Planning inside the lock means two runs at once cannot interleave: the
+    second plans against what the first registered.
+    """
+    from .install import InstallError, apply, lock
 
     applied = False
     error: Optional[str] = None
-    if not args.dry_run and the_plan.ok and the_plan.changes:
-        try:
-            apply(the_plan, misc)
-            applied = True
-        except InstallError as exc:
-            error = str(exc)
+    with lock(misc.path):
+        the_plan = make_plan(misc.state())
+        if not args.dry_run and the_plan.ok and the_plan.changes:
+            try:
+                apply(the_plan, misc, locked=True)
+                applied = True
+            except InstallError as exc:
+                error = str(exc)
     if args.json:
         doc = the_plan.to_dict()
         doc.update(dry_run=args.dry_run, applied=applied, error=error)
@@ -404,13 +418,12 @@ def _carry_out(the_plan: Any, misc: Any, args: argparse.Namespace) -> int:
         from .report import plan_text
 
         sys.stdout.write(plan_text(the_plan, dry_run=args.dry_run, applied=applied))
+    if error is None and not the_plan.ok:
+        errors = [f.message for f in the_plan.findings if f.severity == "error"]
+        more = len(errors) - 1
+        error = errors[0] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
     if error is not None:
         print(f"binfmt: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    if not the_plan.ok:
-        for finding in the_plan.findings:
-            if finding.severity == "error":
-                print(f"binfmt: error: {finding.message}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -668,8 +681,7 @@ def _run_load(args: argparse.Namespace) -> int:
     entries = [line.entry for line in persist.effective_entries(lines)]
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
-    the_plan = plan_entries(entries, state=misc.state())
-    return _carry_out(the_plan, misc, args)
+    return _carry_out(lambda state: plan_entries(entries, state=state), misc, args)
 
 
 # -- doctor -------------------------------------------------------------------------

@@ -50,6 +50,7 @@ __all__ = [
     "apply",
     "find_interpreter",
     "is_qemu_entry",
+    "lock",
     "plan",
     "plan_entries",
     "plan_uninstall",
@@ -448,8 +449,13 @@ def plan_uninstall(names: Iterable[str], *, all_qemu: bool = False, state: State
 
 
 @contextlib.contextmanager
-def _lock(procfs: str) -> Iterator[None]:
-    """One writer per binfmt_misc directory at a time (flock on a lock file)."""
+def lock(procfs: str) -> Iterator[None]:
+    """Hold the writer lock of one binfmt_misc directory (``flock`` on a lock file).
+
+    Commands plan *and* apply under it, so two runs at once cannot interleave:
+    the second sees what the first registered. Not reentrant: pass
+    ``locked=True`` to :func:`apply` while holding it.
+    """
     key = hashlib.sha256(os.path.realpath(procfs).encode()).hexdigest()[:16]
     base = "/run/lock" if os.access("/run/lock", os.W_OK) else tempfile.gettempdir()
     path = os.path.join(base, f"binfmt-{key}.lock")
@@ -461,16 +467,17 @@ def _lock(procfs: str) -> Iterator[None]:
         os.close(fd)
 
 
-def apply(plan: Plan, misc: BinfmtMisc) -> list[Step]:
+def apply(plan: Plan, misc: BinfmtMisc, *, locked: bool = False) -> list[Step]:
     """Carry out ``plan``'s changes on ``misc``; all or nothing. Returns the steps done.
 
     Raises :class:`InstallError` without writing if the plan has errors or the
     state changed since it was made, and after rolling back if a write fails.
+    ``locked`` says the caller already holds :func:`lock`.
     """
     if not plan.ok:
         errors = "; ".join(f.message for f in plan.findings if f.severity == "error")
         raise InstallError(f"the plan has errors, nothing was written: {errors}")
-    with _lock(misc.path):
+    with contextlib.nullcontext() if locked else lock(misc.path):
         _check_unchanged(plan, misc.state())
         done: list[tuple[str, Entry]] = []
         try:
