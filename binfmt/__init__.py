@@ -5,8 +5,11 @@
 >>> entry.flags.letters
 'F'
 
-Importing this package does no work and does not import pyelftools.
+Importing this package does no work and does not import pyelftools;
+:func:`predict` and its :class:`Verdict` load on first use.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .entry import Entry, EntryType, Flags
 from .errors import (
@@ -23,6 +26,24 @@ from .kernel import KernelRules
 from .procfs import DEFAULT_PATH, BinfmtMisc, State
 from .qemu import SIGNATURES, Signature
 
+if TYPE_CHECKING:
+    from .prediction import Finding, Verdict, predict
+
+# Loaded on first use: they pull in the ELF reader, which `status` never needs.
+_LAZY = {"predict": "prediction", "Verdict": "prediction", "Finding": "prediction"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_PATH",
     "SIGNATURES",
@@ -30,6 +51,7 @@ __all__ = [
     "BinfmtMisc",
     "Entry",
     "EntryType",
+    "Finding",
     "Flags",
     "Host",
     "InvalidEntry",
@@ -41,4 +63,6 @@ __all__ = [
     "Signature",
     "State",
     "UnknownTarget",
+    "Verdict",
+    "predict",
 ]

@@ -248,7 +248,7 @@ def _run_check(args: argparse.Namespace) -> int:
     import os
 
     from .host import Host
-    from .predict import predict
+    from .prediction import predict
     from .procfs import BinfmtMisc
 
     if not os.path.isdir(args.rootfs):

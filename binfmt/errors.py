@@ -172,7 +172,7 @@ class ConfigError(BinfmtError, ValueError):
 
     ``source`` names the file, ``lineno`` the 1-based line at fault (``None``
     when the problem is the file as a whole), ``problem`` says what is wrong.
-    The message starts with ``source:lineno: `` so editors can jump to it.
+    The message starts with ``source:lineno:`` so editors can jump to it.
     """
 
     def __init__(self, source: str, lineno: Optional[int], problem: str) -> None:

@@ -38,7 +38,7 @@ from .entry import Entry, Flags
 from .errors import BinfmtError, ElfError
 from .host import Host
 from .kernel import KernelRules
-from .predict import Finding
+from .prediction import Finding
 from .procfs import BinfmtMisc, State
 
 __all__ = [

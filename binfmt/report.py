@@ -30,7 +30,7 @@ from .procfs import State
 
 if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
     from .install import Plan
-    from .predict import Verdict
+    from .prediction import Verdict
 
 __all__ = [
     "entry_document",

@@ -3,7 +3,7 @@
 :func:`scan` walks a tree (an extracted image, or any directory) and
 classifies every regular file with an exec bit — every ELF file too with
 ``all_files`` (those without an exec bit are judged as if they had one: what
-their platform would need) — the way :func:`binfmt.predict.predict` would, but built for
+their platform would need) — the way :func:`binfmt.prediction.predict` would, but built for
 hundreds of thousands of files:
 
 - one ``open``/``read(256)``/``close`` per file, and a struct decode of the
@@ -41,7 +41,7 @@ from .entry import Entry
 from .errors import BinfmtError
 from .host import Host
 from .matcher import Matcher
-from .predict import Verdict, _Loop, _parse_shebang, _Predictor
+from .prediction import Verdict, _Loop, _parse_shebang, _Predictor
 from .procfs import State
 from .rootfs import resolve
 

@@ -9,7 +9,7 @@ interpreter the kernel opened at registration) can pass. :func:`verify` does
 the same with the pure-Python probes of :mod:`binfmt.probes`: for each
 target it writes the probe into a temporary directory (inside ``rootfs``
 when one is given, chrooting there to run it), executes it, removes it, and
-classifies what happened. :func:`~binfmt.predict.predict` is run on the same
+classifies what happened. :func:`~binfmt.prediction.predict` is run on the same
 file, so each result names the entry and interpreter involved and carries
 the findings that explain a failure ("entry qemu-arm lacks F and
 /usr/bin/qemu-arm-static is missing inside the root").
@@ -56,7 +56,7 @@ status (``supported`` and ``emulators`` mean what they mean there)::
 
 ``platforms`` is keyed by OCI platform only; targets that have none (``i486``,
 ``alpha`` …) appear in ``targets`` alone. ``entry`` and ``interpreter`` are
-what :func:`~binfmt.predict.predict` says handles the probe (for
+what :func:`~binfmt.prediction.predict` says handles the probe (for
 ``disabled``, the entry that would).
 """
 
@@ -77,7 +77,7 @@ import attrs
 from . import qemu
 from .errors import PermissionDenied, UnknownTarget
 from .host import Host
-from .predict import Finding, Verdict, predict
+from .prediction import Finding, Verdict, predict
 from .probes import PROBE_STATUS, PROBE_TARGETS, probe, write_probe
 from .procfs import State
 
@@ -212,7 +212,7 @@ class TargetResult:
     returncode: Optional[int] = None
     #: One line for people.
     detail: str = ""
-    #: :func:`~binfmt.predict.predict`'s findings on the probe, plus any disagreement
+    #: :func:`~binfmt.prediction.predict`'s findings on the probe, plus any disagreement
     #: between that prediction and what the kernel did (``unexpected-outcome``).
     findings: tuple[Finding, ...] = ()
 

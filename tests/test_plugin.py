@@ -37,11 +37,24 @@ def test_fixtures_work_in_an_outside_suite(tmp_path: Path) -> None:
     suite.mkdir()
     shutil.copy(EXAMPLE, suite / "test_installer.py")
     argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_installer.py"]
-    env = dict(os.environ)
-    if not _installed_plugin():
-        # Not installed: load the plugin by name, with the package importable.
+    # The package must be importable there; the plugin then loads through its entry
+    # point when binfmt is installed, else it is named on the command line.
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    probe = (
+        "from importlib.metadata import entry_points as e; f = e(); "
+        "g = f.select(group='pytest11') if hasattr(f, 'select') else f.get('pytest11', []); "
+        "print(any(x.value == 'binfmt.testing' for x in g))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=suite,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if found != "True":
         argv[3:3] = ["-p", "binfmt.testing"]
-        env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run(argv, cwd=suite, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert " passed" in proc.stdout and "failed" not in proc.stdout

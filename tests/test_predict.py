@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from binfmt import Entry, Host, State, qemu
 from binfmt.cli import main
-from binfmt.predict import HANDLERS, predict
+from binfmt.prediction import HANDLERS, predict
 from binfmt.rootfs import resolve
 
 X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})

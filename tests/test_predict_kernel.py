@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from binfmt import Entry, EntryType, Host
-from binfmt.predict import Verdict, predict
+from binfmt.prediction import Verdict, predict
 from binfmt.sandbox import Sandbox
 
 pytestmark = pytest.mark.kernel

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from binfmt import Host
-from binfmt.predict import predict
+from binfmt.prediction import predict
 from binfmt.sandbox import Sandbox
 
 from .debian import ARCHES, debian_qemu_lines, debian_root

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from binfmt import BinfmtMisc, Entry, EntryType, Host, State, qemu
 from binfmt.cli import main
 from binfmt.matcher import Matcher
-from binfmt.predict import Verdict, predict
+from binfmt.prediction import Verdict, predict
 from binfmt.scan import FileResult, scan
 
 from .debian import debian_root
