@@ -84,6 +84,14 @@ def _silence_stdout() -> None:
     os.close(devnull)
 
 
+def emit_report(args: argparse.Namespace, document: Any, text: str) -> None:
+    """``--json`` prints the document, otherwise the text."""
+    if args.json:
+        emit_json(document)
+    else:
+        sys.stdout.write(text)
+
+
 def emit_json(document: Any) -> None:
     json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -469,10 +477,7 @@ def _run_verify(args: argparse.Namespace) -> int:
         )
     state = BinfmtMisc(args.procfs).state()
     report = verify(args.targets or None, state=state, host=Host.detect(), rootfs=args.rootfs)
-    if args.json:
-        emit_json(report.to_dict())
-    else:
-        sys.stdout.write(report.text())
+    emit_report(args, report.to_dict(), report.text())
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -539,10 +544,7 @@ def _run_scan(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         progress=progress,
     )
-    if args.json:
-        emit_json(report.to_dict())
-    else:
-        sys.stdout.write(report.text())
+    emit_report(args, report.to_dict(), report.text())
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -721,8 +723,5 @@ def _run_doctor(args: argparse.Namespace) -> int:
         platforms=args.platform,
         probe=not args.no_probe,
     )
-    if args.json:
-        emit_json(report.to_dict())
-    else:
-        sys.stdout.write(report.text())
+    emit_report(args, report.to_dict(), report.text())
     return report.exit_status

@@ -28,7 +28,7 @@ from . import qemu
 from .elf import details
 from .entry import Entry, EntryType, Flags
 from .errors import BinfmtError, ElfError
-from .host import Host
+from .host import Host, read_proc_file
 from .persist import SYSTEMD_DIRS, effective_entries, read_binfmt_d
 from .procfs import DEFAULT_PATH, State
 
@@ -204,7 +204,7 @@ class _Doctor:
                 "exist inside every container",
                 "upgrade the kernel, or install QEMU inside the images",
             )
-        uid_map = _read(self.path("/proc/self/uid_map"))
+        uid_map = read_proc_file(self.path("/proc/self/uid_map"))
         if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
             self.add(
                 "user-namespace",
@@ -411,17 +411,9 @@ def _test_key(entry: Entry) -> tuple[object, ...]:
     return ("M", entry.offset, masked, mask)
 
 
-def _read(path: str) -> Optional[str]:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _is_autofs(mountinfo: str, path: str) -> bool:
     """Whether ``path`` is an autofs mount point in this mount namespace."""
-    text = _read(mountinfo)
+    text = read_proc_file(mountinfo)
     if not text:
         return False
     for line in text.splitlines():

@@ -22,7 +22,7 @@ import attrs
 
 from .kernel import KernelRules
 
-__all__ = ["Host", "primary_target"]
+__all__ = ["Host", "primary_target", "read_proc_file"]
 
 # uname -m → the QEMU target of the kernel's own binaries.
 _MACHINE_TARGET = {
@@ -111,8 +111,8 @@ class Host:
             uname.machine,
             uname.release,
             config=_kernel_config(root, uname.release),
-            cmdline=_read(os.path.join(root, "proc/cmdline")) or "",
-            aarch32_el0=_read(os.path.join(root, "sys/devices/system/cpu/aarch32_el0")),
+            cmdline=read_proc_file(os.path.join(root, "proc/cmdline")) or "",
+            aarch32_el0=read_proc_file(os.path.join(root, "sys/devices/system/cpu/aarch32_el0")),
         )
 
     @classmethod
@@ -178,7 +178,8 @@ def _compat_verdict(
     return True, f"{option}=y"
 
 
-def _read(path: str) -> Optional[str]:
+def read_proc_file(path: str) -> Optional[str]:
+    """The text of a small kernel-provided file (/proc, /sys), or None if unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             return f.read()
@@ -195,7 +196,7 @@ def _kernel_config(root: str, release: str) -> Optional[dict[str, str]]:
         with gzip.open(os.path.join(root, "proc/config.gz"), "rt", errors="replace") as f:
             text = f.read()
     except (OSError, EOFError):
-        text = _read(os.path.join(root, "boot", f"config-{release}"))
+        text = read_proc_file(os.path.join(root, "boot", f"config-{release}"))
     if text is None:
         return None
     config = {}
