@@ -46,6 +46,7 @@ CODES = {
     "interpreter-not-executable": "error",
     "interpreter-dynamic": "warning",
     "writable-credentials-interpreter": "error",
+    "writable-interpreter": "warning",
     "no-fix-binary": "warning",
     "hijacks-native": "error",
     "shadowed-entry": "warning",
@@ -255,6 +256,14 @@ class _Doctor:
                 f"{entry.interpreter} has the C flag but can be changed by a non-root user: "
                 "anyone who can write it runs code with the privileges of every setuid "
                 "program it emulates",
+                f"chown root {entry.interpreter} && chmod go-w {entry.interpreter}",
+                entry.name,
+            )
+        elif st.st_uid != 0 or st.st_mode & 0o022:
+            self.add(
+                "writable-interpreter",
+                f"{entry.interpreter} can be changed by a non-root user, who then controls "
+                "every matching program anyone runs on this node, root's included",
                 f"chown root {entry.interpreter} && chmod go-w {entry.interpreter}",
                 entry.name,
             )

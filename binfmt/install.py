@@ -351,13 +351,16 @@ def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
                 f"{path} exists: containers will fail with ENOENT",
             )
         )
-    if options.credential and st.st_mode & 0o022:
+    if st.st_mode & 0o022 or st.st_uid != 0:
+        # With C it runs with setuid programs' privileges; without, it still runs
+        # every matching program of every user, root's included.
         found.append(
             Finding(
                 "writable-interpreter",
-                "error",
-                f"{path} is writable by group or others, and C runs it with "
-                "the binary's privileges",
+                "error" if options.credential else "warning",
+                f"{path} can be changed by a non-root user, who would then control every "
+                "program it emulates"
+                + (", with their privileges (C)" if options.credential else ""),
             )
         )
     return found

@@ -59,7 +59,7 @@ def test_every_entry_problem_of_the_kernel_made_tree(tmp_path: Path) -> None:
             "/usr/bin/qemu-x86_64-static": (STATIC, 0o755),
             "/mnt/rosetta/rosetta": (STATIC, 0o755),
             "/usr/bin/FEXInterpreter": (STATIC, 0o755),
-            "/usr/bin/qemu-ppc64le-static": (STATIC, 0o755),
+            "/usr/bin/qemu-ppc64le-static": (STATIC, 0o775),  # group-writable
         },
     )
     etc = root / "etc/binfmt.d"
@@ -92,8 +92,12 @@ def test_every_entry_problem_of_the_kernel_made_tree(tmp_path: Path) -> None:
         "not-persisted",
     }
     assert codes(report, "FEX-x86_64") == {"hijacks-native", "no-fix-binary", "not-persisted"}
-    assert codes(report, "ppc64le-again") == {"not-persisted"}
-    assert codes(report, "qemu-ppc64le") == {"duplicate-entry", "not-persisted"}
+    assert codes(report, "ppc64le-again") == {"writable-interpreter", "not-persisted"}
+    assert codes(report, "qemu-ppc64le") == {
+        "writable-interpreter",
+        "duplicate-entry",
+        "not-persisted",
+    }
     assert "systemd-binfmt-flushes" in codes(report, None)
     assert report.exit_status == 2
     shadows = [p for p in report.problems if p.code == "shadowed-entry"]

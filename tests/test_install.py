@@ -349,3 +349,19 @@ def test_install_all_persistent_runs_real_debian_binaries(
     assert result.returncode == 0
     assert main(["uninstall", "--procfs", misc.path, "--all-qemu"]) == 0
     assert misc.state().names == ("WSLInterop",)
+
+
+def test_writable_interpreter(fake_binfmt_misc: Any, tmp_path: Path) -> None:
+    """A QEMU others can write is a warning, and an error with --credential (C)."""
+    path = fake_qemu(tmp_path / "q", "aarch64")
+    Path(path, "qemu-aarch64-static").chmod(0o777)
+    state = fake_binfmt_misc().state()
+    for credential, severity in ((False, "warning"), (True, "error")):
+        the_plan = plan(
+            ["aarch64"],
+            InstallOptions(qemu_path=path, credential=credential),
+            state=state,
+            host=X86,
+        )
+        (found,) = [f for f in the_plan.findings if f.code == "writable-interpreter"]
+        assert found.severity == severity
