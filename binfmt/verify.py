@@ -500,8 +500,15 @@ def _classify(
             if via_entry:
                 detail = f"exited {PROBE_STATUS} through {verdict.interpreter}"
                 result = attrs.evolve(result, status="works", detail=detail)
-            else:
+            elif host.runs_natively(target) or target in host.unknown:
                 result = attrs.evolve(result, status="native", detail="the kernel runs it itself")
+            else:
+                # It ran, but not natively: an entry of the kernel's instance that the
+                # state read does not show (another --procfs, or an unmounted view).
+                detail = (
+                    f"exited {PROBE_STATUS} through a binfmt_misc entry not visible at {state.path}"
+                )
+                result = attrs.evolve(result, status="works", detail=detail)
         else:
             result = attrs.evolve(result, status="wrong-status", detail=_wrong(outcome))
     elif outcome.timed_out:

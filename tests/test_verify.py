@@ -366,8 +366,8 @@ def test_report_document_is_tonistiigi_compatible_json(fake_qemu: str) -> None:
         "detail": f"exited {PROBE_STATUS} through {fake_qemu}",
         "findings": [],
     }
-    # s390x's entry is off, yet the probe ran: the state disagrees with the kernel.
-    assert doc["targets"][3]["status"] == "native"
+    # s390x's entry is off, yet the probe ran: emulated by something the state does not show.
+    assert doc["targets"][3]["status"] == "works"
     assert doc["targets"][3]["findings"][-1]["code"] == "unexpected-outcome"
 
 
@@ -639,3 +639,13 @@ def test_real_runs_leave_workdir_and_rootfs_as_they_were(
     in_box(binfmt_sandbox, ["riscv64"], rootfs=str(root), workdir=str(root / "bin"))
     assert list(work.iterdir()) == []
     assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+
+
+def test_emulation_behind_an_unseen_entry_is_not_native() -> None:
+    """A foreign probe that runs although no visible entry matches 'works' — never 'native'."""
+    r = verify_one("s390x", RunOutcome(PROBE_STATUS), state_of(enabled=None, mounted=False))
+    assert r.status == "works"
+    assert "not visible at /fake" in r.detail
+    assert "unexpected-outcome" in codes(r)
+    native = verify_one("x86_64", RunOutcome(PROBE_STATUS), state_of())
+    assert native.status == "native"
