@@ -191,6 +191,13 @@ def _add_status(commands: Any) -> None:
         "feature file with one binfmt.<platform>=true line per platform the node can run",
     )
     p.add_argument(
+        "--nfd-expiry",
+        type=_positive_int,
+        metavar="SECONDS",
+        help="with --format nfd: the labels expire after SECONDS unless the file is "
+        "rewritten (NFD's '# +expiry-time' directive), so they vanish with the writer",
+    )
+    p.add_argument(
         "--output",
         metavar="FILE",
         help="write to FILE atomically instead of printing (e.g. "
@@ -211,7 +218,7 @@ def _run_status(args: argparse.Namespace) -> int:
     if form == "json":
         text = json.dumps(status_document(state, host), indent=2, ensure_ascii=False) + "\n"
     elif form == "nfd":
-        text = nfd_features(state, host)
+        text = nfd_features(state, host, expiry=args.nfd_expiry)
     else:
         text = status_text(state, host)
     if args.output:
@@ -289,6 +296,12 @@ def _change_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the plan and the exact register lines; write nothing",
     )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print the plan only when something changes (errors are always printed)",
+    )
     _procfs_option(p)
     _json_option(p)
 
@@ -338,6 +351,12 @@ def _add_install(commands: Any) -> None:
         help="replace an existing entry of the same name that differs",
     )
     p.add_argument(
+        "--refresh",
+        action="store_true",
+        help="re-register identical entries too: after a QEMU upgrade, F entries keep "
+        "running the old file until registered again",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="also register targets the host runs natively (and entries that capture them)",
@@ -356,6 +375,7 @@ def _install_options_from(args: argparse.Namespace) -> Any:
         credential=args.credential,
         preserve_argv0=args.preserve_argv0,
         replace=getattr(args, "replace", False),
+        refresh=getattr(args, "refresh", False),
         force=getattr(args, "force", False),
     )
 
@@ -422,7 +442,7 @@ def _carry_out(make_plan: Callable[[Any], Any], misc: Any, args: argparse.Namesp
         doc = the_plan.to_dict()
         doc.update(dry_run=args.dry_run, applied=applied, error=error)
         emit_json(doc)
-    else:
+    elif not (args.quiet and not the_plan.changes and the_plan.ok):
         from .report import plan_text
 
         sys.stdout.write(plan_text(the_plan, dry_run=args.dry_run, applied=applied))
@@ -707,19 +727,31 @@ def _add_doctor(commands: Any) -> None:
         help="a platform the node must run, e.g. linux/arm64 (repeatable)",
     )
     p.add_argument("--no-probe", action="store_true", help="do not run probe programs")
+    p.add_argument(
+        "--root",
+        metavar="DIR",
+        default="/",
+        help="read interpreters, binfmt.d files and /proc/self under DIR (e.g. /proc/1/root "
+        "from a pod with hostPID: the host's files); probes run only when this is /",
+    )
     _procfs_option(p)
     _json_option(p)
     p.set_defaults(handler=_run_doctor)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
+    import os
+
     from .doctor import diagnose
     from .host import Host
     from .procfs import BinfmtMisc
 
+    if not os.path.isdir(args.root):
+        return fail(ValueError(f"invalid --root {args.root!r}: not a directory"), EXIT_USAGE)
     report = diagnose(
         BinfmtMisc(args.procfs).state(),
         Host.detect(),
+        root=args.root,
         platforms=args.platform,
         probe=not args.no_probe,
     )

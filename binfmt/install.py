@@ -83,6 +83,9 @@ class InstallOptions:
     preserve_argv0: bool = False
     #: Replace an existing entry of the same name that differs.
     replace: bool = False
+    #: Re-register identical entries too (an F entry keeps the file it opened:
+    #: after upgrading QEMU, only a new registration runs the new one).
+    refresh: bool = False
     #: Register even targets the host runs natively, or entries that capture its binaries.
     force: bool = False
 
@@ -291,6 +294,8 @@ def _plan_target(
     if existing is None:
         return Step("register", entry, sig.name, f"register {sig.name}")
     if _same_registration(existing, entry):
+        if options.refresh:
+            return Step("replace", entry, sig.name, "re-register (--refresh)", existing)
         if existing.enabled:
             return Step("unchanged", entry, sig.name, "already registered, identical")
         return Step("enable", entry, sig.name, "registered identically but disabled", existing)

@@ -21,7 +21,7 @@ matches.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import qemu
 from .entry import Entry, EntryType
@@ -134,13 +134,20 @@ def runnable_platforms(state: State, host: Host) -> list[str]:
     return platforms
 
 
-def nfd_features(state: State, host: Host) -> str:
+def nfd_features(state: State, host: Host, expiry: Optional[int] = None) -> str:
     """A node-feature-discovery ``local`` feature file: ``binfmt.linux-arm64=true`` …
 
     NFD turns each line into the label ``feature.node.kubernetes.io/<name>``;
     label names cannot hold ``/``, so the platform's slashes become dashes.
+    With ``expiry`` (seconds), an ``# +expiry-time=`` directive makes NFD drop
+    the labels unless the file is rewritten in time.
     """
     lines = ["# binfmt: platforms this node runs (natively or emulated)"]
+    if expiry is not None:
+        import datetime
+
+        when = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=expiry)
+        lines.append(f"# +expiry-time={when.strftime('%Y-%m-%dT%H:%M:%SZ')}")
     lines += [f"binfmt.{p.replace('/', '-')}=true" for p in runnable_platforms(state, host)]
     return "\n".join(lines) + "\n"
 

@@ -219,3 +219,19 @@ def test_nfd_feature_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) ->
     )
     # binfmt_misc is switched off in spec-examples: only native platforms remain.
     assert set(out.read_text().splitlines()[1:]) == native
+
+
+def test_nfd_expiry(capsys: pytest.CaptureFixture[str]) -> None:
+    """--nfd-expiry adds NFD's expiry directive, SECONDS from now, in UTC."""
+    import datetime
+
+    before = datetime.datetime.now(datetime.timezone.utc)
+    assert (
+        main(["status", "--format", "nfd", "--nfd-expiry", "600", "--procfs", str(TREES / "empty")])
+        == 0
+    )
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith("# +expiry-time=")]
+    when = datetime.datetime.strptime(line.split("=", 1)[1], "%Y-%m-%dT%H:%M:%SZ").replace(
+        tzinfo=datetime.timezone.utc
+    )
+    assert 590 <= (when - before).total_seconds() <= 610

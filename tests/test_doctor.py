@@ -216,3 +216,15 @@ def test_every_code_is_produced_by_some_test() -> None:
     if len(SEEN) < 5:
         pytest.skip("checks what the other tests of this module produced: run the whole module")
     assert set(CODES) - SEEN == set()
+
+
+def test_cli_root_reads_a_fake_host(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """doctor --root DIR judges interpreters as found under DIR (a pod looking at its host)."""
+    root = fake_root(tmp_path, {"/usr/bin/qemu-aarch64-static": (STATIC, 0o755)}, systemd=False)
+    code = main(
+        ["doctor", "--json", "--root", str(root), "--procfs", str(TREES / "doctor-problems")]
+    )
+    doc = json.loads(capsys.readouterr().out)
+    missing = {f["entry"] for f in doc["findings"] if f["code"] == "interpreter-missing"}
+    assert "qemu-s390x" in missing and "qemu-aarch64" not in missing
+    assert code == 2

@@ -365,3 +365,20 @@ def test_writable_interpreter(fake_binfmt_misc: Any, tmp_path: Path) -> None:
         )
         (found,) = [f for f in the_plan.findings if f.code == "writable-interpreter"]
         assert found.severity == severity
+
+
+def test_quiet_and_refresh(
+    fake_binfmt_misc: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--quiet prints nothing when nothing changes; --refresh re-registers identical entries."""
+    path = fake_qemu(tmp_path / "q", "aarch64")
+    misc = fake_binfmt_misc()
+    argv = ["install", "--quiet", "--procfs", misc.path, "--qemu-path", path, "aarch64"]
+    assert main(argv) == 0
+    assert "done: 1 change applied" in capsys.readouterr().out
+    assert main(argv) == 0
+    assert capsys.readouterr() == ("", "")
+    misc.register(":newer:M::ZZ::/bin/true:")
+    assert main([*argv, "--refresh"]) == 0
+    assert "re-register (--refresh)" in capsys.readouterr().out
+    assert misc.state().names == ("qemu-aarch64", "newer")  # registered again: newest now
