@@ -3,7 +3,7 @@
 
     python benchmarks/run.py [--tree /usr] [--repeat 3] [--quick]
 
-Prints a Markdown report; the figures in ``docs/performance.md`` come from it.
+Prints a Markdown report; the figures in ``docs/performance.rst`` come from it.
 Every figure is the best of ``--repeat`` runs after one warm-up run, so all
 contenders read from the page cache. Baselines:
 

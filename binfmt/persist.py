@@ -600,7 +600,7 @@ def render_debian_format(fmt: DebianFormat) -> str:
     """The text of ``fmt``'s format file; :func:`parse_debian_format` gives ``fmt`` back.
 
     Keys come in the order Debian's packages write them; ``offset`` only when
-    it is not 0, the yes/no keys only when yes, then the :attr:`extra` keys.
+    it is not 0, the yes/no keys only when yes, then the :attr:`~DebianFormat.extra` keys.
     """
     lines = [f"package {fmt.package}", f"interpreter {fmt.interpreter}"]
     if fmt.type is EntryType.EXTENSION:

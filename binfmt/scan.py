@@ -151,7 +151,7 @@ def scan(
 
     ``jobs`` > 1 reads directories in that many threads: it helps when the
     tree is not in the page cache (the reads then wait on the disk); on a
-    cached tree Python's GIL makes it no faster (see ``docs/performance.md``).
+    cached tree Python's GIL makes it no faster (see ``docs/performance.rst``).
     ``progress``, when given (the CLI passes stderr if it is a terminal),
     gets a self-overwriting progress line. ``on_result`` is called with every
     file's :class:`FileResult` as it is classified (from the scanning thread).
