@@ -677,6 +677,11 @@ def _add_load(commands: Any) -> None:
         "of other names are never touched, unlike systemd-binfmt, which first removes all.",
     )
     p.add_argument("paths", nargs="+", metavar="DIR|FILE")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="register even entries that capture this host's own binaries",
+    )
     _change_options(p)
     p.set_defaults(handler=_run_load)
 
@@ -685,6 +690,7 @@ def _run_load(args: argparse.Namespace) -> int:
     import os
 
     from . import persist
+    from .host import Host
     from .install import plan_entries
     from .procfs import BinfmtMisc
 
@@ -703,7 +709,10 @@ def _run_load(args: argparse.Namespace) -> int:
     entries = [line.entry for line in persist.effective_entries(lines)]
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
-    return _carry_out(lambda state: plan_entries(entries, state=state), misc, args)
+    host = Host.detect()
+    return _carry_out(
+        lambda state: plan_entries(entries, state=state, host=host, force=args.force), misc, args
+    )
 
 
 # -- doctor -------------------------------------------------------------------------

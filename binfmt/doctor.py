@@ -52,6 +52,7 @@ CODES = {
     "shadowed-entry": "warning",
     "duplicate-entry": "warning",
     "not-persisted": "warning",
+    "boot-order-differs": "warning",
     "systemd-binfmt-flushes": "info",
     "platform-unavailable": "error",
     "platform-ok": "info",
@@ -120,10 +121,11 @@ class DoctorReport:
                 lines.append(f"    fix: {p.fix}")
         counts = {s: sum(p.severity == s for p in self.problems) for s in SEVERITY_ORDER}
         verdict = {0: "healthy", 1: "works, with warnings", 2: "broken"}[self.exit_status]
-        lines.append(
-            f"{self.procfs}: {verdict} ({counts['error']} errors, {counts['warning']} warnings, "
-            f"{counts['info']} notes)"
+        parts = ", ".join(
+            _count(counts[s], noun)
+            for s, noun in (("error", "error"), ("warning", "warning"), ("info", "note"))
         )
+        lines.append(f"{self.procfs}: {verdict} ({parts})")
         return "\n".join(lines) + "\n"
 
 
@@ -218,6 +220,16 @@ class _Doctor:
     # -- one entry ----------------------------------------------------------------------
 
     def check_entry(self, entry: Entry) -> None:
+        hijacked = self.host.captured_by(entry)
+        if hijacked:
+            # First: it matters most, and whatever its interpreter, native programs break.
+            self.add(
+                "hijacks-native",
+                f"{entry.name} matches this host's own {', '.join(hijacked)} binaries: "
+                f"every such exec goes to {entry.interpreter} (or fails with ELOOP/ENOENT)",
+                f"binfmt uninstall {shlex.quote(entry.name)}",
+                entry.name,
+            )
         targets = qemu.identify(entry)
         interp = self.path(entry.interpreter)
         fixed = Flags.FIX_BINARY in entry.flags
@@ -290,20 +302,9 @@ class _Doctor:
                 "no-fix-binary",
                 f"{entry.name} has no F flag: the kernel looks for {entry.interpreter} inside "
                 "each container, where it is usually missing (ENOENT)",
-                f"binfmt install {targets[0].name} --persistent --replace",
-                entry.name,
-            )
-        hijacked = [
-            t
-            for t in self.host.native
-            if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
-        ]
-        if hijacked:
-            self.add(
-                "hijacks-native",
-                f"{entry.name} matches this host's own {', '.join(hijacked)} binaries: "
-                f"every such exec goes to {entry.interpreter} (or fails with ELOOP)",
-                f"binfmt uninstall {entry.name}",
+                f"binfmt install {targets[0].name} --persistent --replace"
+                if qemu.tests_same_bits(entry, targets[0])
+                else f"register {entry.name} again with the F flag",
                 entry.name,
             )
 
@@ -345,12 +346,12 @@ class _Doctor:
         systemd = any(os.path.exists(self.path(p)) for p in SYSTEMD_BINFMT)
         if not systemd or not enabled:
             return
-        try:
-            lines = effective_entries(read_binfmt_d(self.binfmt_d_dirs, self.root))
-        except BinfmtError as exc:
-            self.add("invalid-config", f"binfmt.d: {exc}", "fix or remove that line")
-            lines = []
+        problems: list[BinfmtError] = []
+        lines = effective_entries(read_binfmt_d(self.binfmt_d_dirs, self.root, errors=problems))
+        for exc in problems:
+            self.add("invalid-config", str(exc), "fix or remove that line (systemd skips it)")
         persisted = {line.entry.name: line.entry for line in lines}
+        self.check_boot_order(enabled, lines)
         missing = []
         for entry in enabled:
             saved = persisted.get(entry.name)
@@ -374,6 +375,27 @@ class _Doctor:
                 "binfmt.d files",
                 "persist what you need in /etc/binfmt.d (binfmt export)",
             )
+
+    def check_boot_order(self, enabled: list[Entry], lines: list[Any]) -> None:
+        """After a reboot, entries are registered in file order: the last one wins."""
+        position = {line.entry.name: i for i, line in enumerate(lines)}
+        for i, newer in enumerate(enabled):
+            for older in enabled[i + 1 :]:
+                if newer.name not in position or older.name not in position:
+                    continue
+                both = set(qemu.identify(newer)) & set(qemu.identify(older))
+                same = _test_key(newer) == _test_key(older)
+                if not (both or same) or position[newer.name] > position[older.name]:
+                    continue
+                self.add(
+                    "boot-order-differs",
+                    f"{newer.name} wins now, but systemd-binfmt registers "
+                    f"{lines[position[older.name]].source} after "
+                    f"{lines[position[newer.name]].source}, so {older.name} will win after "
+                    "a reboot",
+                    f"rename the files so that {newer.name}'s sorts last, or remove one",
+                    older.name,
+                )
 
     # -- platforms ----------------------------------------------------------------------
 
@@ -409,6 +431,10 @@ class _Doctor:
                 "binaries",
                 f"binfmt install {sig.name} --persistent",
             )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _test_key(entry: Entry) -> tuple[object, ...]:

@@ -20,6 +20,7 @@ from typing import Optional
 
 import attrs
 
+from .entry import Entry
 from .kernel import KernelRules
 
 __all__ = ["Host", "primary_target", "read_proc_file"]
@@ -102,6 +103,21 @@ class Host:
     def runs_natively(self, target: str) -> bool:
         """Whether the kernel runs ``target``'s binaries itself."""
         return target in self.native
+
+    def captured_by(self, entry: Entry) -> list[str]:
+        """The native targets whose programs ``entry`` matches: they would all go to it.
+
+        Tested on synthesized ET_EXEC and ET_DYN headers of each native target.
+        An entry that captures the host's own binaries sends every such exec to
+        its interpreter, which loops (ELOOP) if the interpreter is one of them.
+        """
+        from . import qemu
+
+        return [
+            t
+            for t in self.native
+            if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
+        ]
 
     @classmethod
     def detect(cls, root: str = "/") -> Host:

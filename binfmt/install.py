@@ -99,7 +99,8 @@ class InstallOptions:
 class Step:
     """One decision of a plan."""
 
-    #: ``register``, ``replace``, ``enable``, ``remove``, ``unchanged`` or ``skip``.
+    #: ``register``, ``replace``, ``enable``, ``remove`` (the changes), or
+    #: ``unchanged``, ``skip``, ``conflict`` (a name taken by a different entry).
     action: str
     entry: Entry
     #: The QEMU target, when the step is about one.
@@ -266,20 +267,7 @@ def _plan_target(
         )
         return Step("register", entry, sig.name, "interpreter not found")
     findings.extend(_check_interpreter(entry, options))
-    hijacked = [
-        t
-        for t in host.native
-        if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
-    ]
-    if hijacked:
-        findings.append(
-            Finding(
-                "hijacks-native",
-                "warning" if options.force else "error",
-                f"{entry.name} would also match this host's own {', '.join(hijacked)} binaries: "
-                "every such exec would go to QEMU (or loop with ELOOP)",
-            )
-        )
+    findings.extend(_capture_findings(entry, host, options.force))
     for other in state.entries:
         if other.name != entry.name and other.enabled and sig in qemu.identify(other):
             findings.append(
@@ -309,8 +297,25 @@ def _plan_target(
                 "use --replace to replace it",
             )
         )
-        return Step("replace", entry, sig.name, "conflict", existing)
+        return Step(
+            "conflict", entry, sig.name, "differs; not replaced without --replace", existing
+        )
     return Step("replace", entry, sig.name, f"replace the different {entry.name!r}", existing)
+
+
+def _capture_findings(entry: Entry, host: Host, force: bool) -> list[Finding]:
+    hijacked = host.captured_by(entry)
+    if not hijacked:
+        return []
+    return [
+        Finding(
+            "hijacks-native",
+            "warning" if force else "error",
+            f"{entry.name} would also match this host's own {', '.join(hijacked)} binaries: "
+            "every such exec would go to its interpreter (or loop with ELOOP)"
+            + ("" if force else "; --force registers it anyway"),
+        )
+    ]
 
 
 def _same_registration(a: Entry, b: Entry) -> bool:
@@ -372,13 +377,21 @@ def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
 
 
 def plan_entries(
-    entries: Iterable[Entry], *, state: State, replace: bool = True, reason: str = ""
+    entries: Iterable[Entry],
+    *,
+    state: State,
+    host: Optional[Host] = None,
+    replace: bool = True,
+    force: bool = False,
+    reason: str = "",
 ) -> Plan:
     """Plan registering ``entries`` as given (from binfmt.d files, say), in order.
 
     An identical entry is left alone (or enabled), one of the same name that
     differs is replaced when ``replace`` (the file names it: that is asking by
     name) and is a conflict otherwise. Entries of other names are never touched.
+    With ``host``, an entry that would capture the host's own binaries is an
+    error unless ``force``.
     """
     steps: list[Step] = []
     findings: list[Finding] = []
@@ -390,6 +403,8 @@ def plan_entries(
             )
             continue
         seen.add(entry.name)
+        if host is not None:
+            findings.extend(_capture_findings(entry, host, force))
         existing = state.get(entry.name)
         if existing is None:
             steps.append(Step("register", entry, None, reason or "register"))
@@ -406,7 +421,7 @@ def plan_entries(
                     f"an entry named {entry.name!r} already exists and differs",
                 )
             )
-            steps.append(Step("replace", entry, None, "conflict", existing))
+            steps.append(Step("conflict", entry, None, "differs; not replaced", existing))
     return Plan(state.path, tuple(steps), tuple(findings))
 
 

@@ -34,7 +34,7 @@ from typing import Optional
 import attrs
 
 from .entry import _LITERAL, INT_MAX, NAME_MAX, Entry, EntryType, Flags, _escape
-from .errors import ConfigError, InvalidEntry, UnsafeFileName, WriteError
+from .errors import BinfmtError, ConfigError, InvalidEntry, UnsafeFileName, WriteError
 from .kernel import KernelRules
 
 __all__ = [
@@ -126,7 +126,10 @@ class ConfigLine:
 
 
 def parse_binfmt_d(
-    text: str, source: str, kernel: Optional[KernelRules] = None
+    text: str,
+    source: str,
+    kernel: Optional[KernelRules] = None,
+    errors: Optional[list[BinfmtError]] = None,
 ) -> list[ConfigLine]:
     """Parse a binfmt.d file's text as systemd-binfmt applies it.
 
@@ -139,8 +142,9 @@ def parse_binfmt_d(
     kernel). Line numbers count as systemd counts them.
 
     Raises :class:`ConfigError` (``source:lineno: …``, chained to the
-    :class:`InvalidEntry`) for the first line the kernel would refuse, where
-    systemd would log the error, skip the line and carry on.
+    :class:`InvalidEntry`) for the first line the kernel would refuse. With an
+    ``errors`` list, does what systemd does instead: collects the error there,
+    skips the line and carries on.
     """
     rules = kernel or KernelRules.running()
     result = []
@@ -148,12 +152,18 @@ def parse_binfmt_d(
         rule = raw.strip(_SYSTEMD_WHITESPACE)
         if not rule or rule[0] in _SYSTEMD_COMMENTS:
             continue
-        if not _encodable(rule):
-            raise ConfigError(source, lineno, "the line holds text that is not bytes")
         try:
-            entry = Entry.parse(rule + "\n", rules)
-        except InvalidEntry as exc:
-            raise ConfigError(source, lineno, str(exc)) from exc
+            if not _encodable(rule):
+                raise ConfigError(source, lineno, "the line holds text that is not bytes")
+            try:
+                entry = Entry.parse(rule + "\n", rules)
+            except InvalidEntry as exc:
+                raise ConfigError(source, lineno, str(exc)) from exc
+        except ConfigError as exc:
+            if errors is None:
+                raise
+            errors.append(exc)
+            continue
         result.append(ConfigLine(entry, source, lineno, raw))
     return result
 
@@ -199,13 +209,17 @@ def effective_files(dirs: Iterable[str] = SYSTEMD_DIRS, root: str = "/") -> list
 
 
 def read_binfmt_d(
-    dirs: Iterable[str] = SYSTEMD_DIRS, root: str = "/", kernel: Optional[KernelRules] = None
+    dirs: Iterable[str] = SYSTEMD_DIRS,
+    root: str = "/",
+    kernel: Optional[KernelRules] = None,
+    errors: Optional[list[BinfmtError]] = None,
 ) -> list[ConfigLine]:
     """Every register line of the :func:`effective_files`, in the order systemd applies them.
 
     The same name may occur more than once; :func:`effective_entries` gives
     what the kernel holds afterwards. Raises :class:`ConfigError` for an
-    invalid line or a file that exists but cannot be read.
+    invalid line or a file that exists but cannot be read — or, with an
+    ``errors`` list, collects them there and skips them, as systemd does.
     """
     lines: list[ConfigLine] = []
     for path in effective_files(dirs, root):
@@ -215,8 +229,12 @@ def read_binfmt_d(
         except FileNotFoundError:
             continue
         except OSError as exc:
-            raise ConfigError(path, None, f"cannot be read: {exc.strerror}") from exc
-        lines += parse_binfmt_d(_decode(data), path, kernel)
+            problem = ConfigError(path, None, f"cannot be read: {exc.strerror}")
+            if errors is None:
+                raise problem from exc
+            errors.append(problem)
+            continue
+        lines += parse_binfmt_d(_decode(data), path, kernel, errors)
     return lines
 
 

@@ -271,7 +271,7 @@ class _Predictor:
             )
             for other in candidates[1:]
         ]
-        hijacked = self.native_targets_matched(entry)
+        hijacked = self.host.captured_by(entry)
         if hijacked:
             findings.append(
                 Finding(
@@ -387,14 +387,6 @@ class _Predictor:
                 "libraries it fails even with F; use a static build (qemu-user-static)",
             )
         ]
-
-    def native_targets_matched(self, entry: Entry) -> list[str]:
-        hits = []
-        for target in self.host.native:
-            sig = qemu.get(target)
-            if entry.matches(sig.header(2)) or entry.matches(sig.header(3)):
-                hits.append(target)
-        return hits
 
     def via_script(self, base: Verdict, head: bytes, loop: _Loop) -> Verdict:
         parsed = _parse_shebang(head, self.rules.buffer_size)

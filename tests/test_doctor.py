@@ -211,13 +211,6 @@ def test_healthy_real_setup_has_no_warning(binfmt_sandbox: Sandbox, tmp_path: Pa
     assert report.exit_status == 0
 
 
-def test_every_code_is_produced_by_some_test() -> None:
-    """Each documented finding code was produced above (runs last in this module)."""
-    if len(SEEN) < 5:
-        pytest.skip("checks what the other tests of this module produced: run the whole module")
-    assert set(CODES) - SEEN == set()
-
-
 def test_cli_root_reads_a_fake_host(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """doctor --root DIR judges interpreters as found under DIR (a pod looking at its host)."""
     root = fake_root(tmp_path, {"/usr/bin/qemu-aarch64-static": (STATIC, 0o755)}, systemd=False)
@@ -228,3 +221,31 @@ def test_cli_root_reads_a_fake_host(capsys: pytest.CaptureFixture[str], tmp_path
     missing = {f["entry"] for f in doc["findings"] if f["code"] == "interpreter-missing"}
     assert "qemu-s390x" in missing and "qemu-aarch64" not in missing
     assert code == 2
+
+
+def test_boot_order(tmp_path: Path) -> None:
+    """Overlapping entries persisted in files whose order reverses today's winner are flagged."""
+    from binfmt import Entry, qemu
+
+    sig = qemu.get("aarch64")
+    a = Entry("qemu-aarch64", STATIC, magic=sig.magic, mask=sig.mask, flags="F")
+    b = Entry("box", STATIC, magic=sig.magic, mask=sig.mask, flags="F")
+    root = fake_root(tmp_path, {STATIC: (STATIC, 0o755)})
+    etc = root / "etc/binfmt.d"
+    etc.mkdir(parents=True)
+    write_files(str(etc), binfmt_d_files([a, b]))  # box.conf sorts first: applied first
+    now_qemu_wins = State("/x", True, True, (a, b))
+    report = diagnose(now_qemu_wins, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    assert "boot-order-differs" not in codes(report)
+    now_box_wins = State("/x", True, True, (b, a))
+    report = diagnose(now_box_wins, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    assert "boot-order-differs" in codes(report)
+    (found,) = [p for p in report.problems if p.code == "boot-order-differs"]
+    assert found.entry == "qemu-aarch64" and "box wins now" in found.message
+
+
+def test_every_code_is_produced_by_some_test() -> None:
+    """Each documented finding code was produced above (runs last in this module)."""
+    if len(SEEN) < 5:
+        pytest.skip("checks what the other tests of this module produced: run the whole module")
+    assert set(CODES) - SEEN == set()

@@ -159,3 +159,22 @@ def test_export_then_load_in_a_real_instance(binfmt_sandbox: Sandbox, tmp_path: 
     assert after.get("keep") is not None
     assert {e.name: e for e in after.entries if e.name != "keep"} == {e.name: e for e in before}
     assert isinstance(after.get("one"), Entry)
+
+
+def test_load_refuses_an_entry_that_captures_native_binaries(
+    tmp_path: Path, fake_binfmt_misc: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A binfmt.d line matching the host's own programs is refused unless --force."""
+    from binfmt import Host
+
+    native = Host.detect().primary
+    if native is None:
+        pytest.skip("no QEMU target for this machine")
+    conf = tmp_path / "evil.conf"
+    conf.write_text(qemu.get(native).to_entry("/bin/true", name="evil").to_register() + "\n")
+    misc = fake_binfmt_misc()
+    assert main(["load", "--procfs", misc.path, str(conf)]) == 1
+    assert "--force registers it anyway" in capsys.readouterr().err
+    assert misc.state().names == ()
+    assert main(["load", "--force", "--procfs", misc.path, str(conf)]) == 0
+    assert misc.state().names == ("evil",)
