@@ -135,7 +135,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as the one line every other error is."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"binfmt: error: {self.prog}: {message} (see {self.prog} --help)\n")
+        where = "" if self.prog == "binfmt" else f"{self.prog}: "
+        self.exit(EXIT_USAGE, f"binfmt: error: {where}{message} (see {self.prog} --help)\n")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -290,18 +291,19 @@ def _run_check(args: argparse.Namespace) -> int:
 # -- install / uninstall ------------------------------------------------------------
 
 
-def _change_options(p: argparse.ArgumentParser) -> None:
+def _change_options(p: argparse.ArgumentParser, quiet: bool = True) -> None:
     p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the plan and the exact register lines; write nothing",
     )
-    p.add_argument(
-        "-q",
-        "--quiet",
-        action="store_true",
-        help="print the plan only when something changes (errors are always printed)",
-    )
+    if quiet:
+        p.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            help="print the plan only when something changes (errors are always printed)",
+        )
     _procfs_option(p)
     _json_option(p)
 
@@ -489,7 +491,7 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     if args.rootfs is not None and not os.path.isdir(args.rootfs):
         return fail(ValueError(f"invalid --rootfs {args.rootfs!r}: not a directory"), EXIT_USAGE)
-    if os.path.realpath(args.procfs) != os.path.realpath(DEFAULT_PATH):
+    if not _same_instance(args.procfs, DEFAULT_PATH):
         print(
             f"binfmt: warning: the probes run through this process's binfmt_misc; "
             f"{args.procfs} is only used to explain the results",
@@ -499,6 +501,17 @@ def _run_verify(args: argparse.Namespace) -> int:
     report = verify(args.targets or None, state=state, host=Host.detect(), rootfs=args.rootfs)
     emit_report(args, report.to_dict(), report.text())
     return EXIT_OK if report.ok else EXIT_FAILURE
+
+
+def _same_instance(a: str, b: str) -> bool:
+    """Whether two directories show the same binfmt_misc (same ``status`` file)."""
+    import os
+
+    try:
+        sa, sb = os.stat(os.path.join(a, "status")), os.stat(os.path.join(b, "status"))
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 # -- scan ---------------------------------------------------------------------------
@@ -598,7 +611,7 @@ def _add_export(commands: Any) -> None:
     p.add_argument("--dir", metavar="DIR", help="write one file per entry into DIR")
     p.add_argument("--package", default="binfmt", help="package name in Debian format files")
     _install_options(p)
-    _change_options(p)
+    _change_options(p, quiet=False)
     p.set_defaults(handler=_run_export)
 
 

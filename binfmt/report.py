@@ -112,25 +112,31 @@ def _matches_text(doc: dict[str, Any]) -> str:
 def runnable_platforms(state: State, host: Host) -> list[str]:
     """OCI platforms the node runs: natively, or through an enabled entry that can start.
 
-    An entry counts when binfmt_misc is on and its interpreter is there (or
-    held open by F). This reads files only; ``binfmt verify`` runs programs
-    to prove it.
+    For each target the host runs or some entry identifies, the entry the
+    kernel would pick for that target's programs decides: none means native
+    (if the host runs it), an entry counts when its interpreter is there or
+    held open by F. So a broken entry that captures native programs takes
+    their platform away. This reads files only; ``binfmt verify`` runs
+    programs to prove it.
     """
     import os
 
     from .entry import Flags
 
-    platforms: list[str] = []
     targets = [qemu.get(t) for t in host.native]
     if state.mounted and state.enabled:
         for entry in state.entries:
-            if not entry.enabled:
-                continue
-            usable = Flags.FIX_BINARY in entry.flags or os.access(entry.interpreter, os.X_OK)
-            if usable:
-                targets.extend(qemu.identify(entry))
+            if entry.enabled:
+                targets.extend(sig for sig in qemu.identify(entry) if sig not in targets)
+    platforms: list[str] = []
     for sig in targets:
-        platforms.extend(p for p in sig.platforms if p not in platforms)
+        chosen = state.lookup(sig.header(2))
+        if chosen is None:
+            runs = host.runs_natively(sig.name)
+        else:
+            runs = Flags.FIX_BINARY in chosen.flags or os.access(chosen.interpreter, os.X_OK)
+        if runs:
+            platforms.extend(p for p in sig.platforms if p not in platforms)
     return platforms
 
 
@@ -229,7 +235,7 @@ def plan_text(plan: Plan, *, dry_run: bool, applied: bool) -> str:
     rows = []
     for step in plan.steps:
         doc = step.to_dict(plan.kernel)
-        platform = doc["platforms"][0] if doc["platforms"] else ""
+        platform = doc["platforms"][0] if doc["platforms"] else "-"
         rows.append((step.action, printable(step.entry.name), platform, printable(step.reason)))
     if rows:
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
@@ -241,13 +247,13 @@ def plan_text(plan: Plan, *, dry_run: bool, applied: bool) -> str:
     for finding in plan.findings:
         lines.append(f"  {finding.severity}: {finding.code}: {printable(finding.message)}")
     changes = plan.changes
+    registering = [s for s in changes if s.action in ("register", "replace")]
     if dry_run and plan.ok and changes:
-        lines.append("register lines (dry run, nothing written):")
-        lines.extend(
-            "  " + printable(s.entry.to_register(plan.kernel))
-            for s in changes
-            if s.action in ("register", "replace")
-        )
+        if registering:
+            lines.append("register lines (dry run, nothing written):")
+            lines.extend("  " + printable(s.entry.to_register(plan.kernel)) for s in registering)
+        else:
+            lines.append("dry run: nothing written")
     elif applied:
         noun = "change" if len(changes) == 1 else "changes"
         lines.append(f"done: {len(changes)} {noun} applied")

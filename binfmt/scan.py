@@ -128,7 +128,8 @@ class ScanReport:
         if self.failures_total:
             lines.append(f"{self.failures_total} would fail:")
             for f in self.failures:
-                lines.append(f"  {f.path}: {f.platform}: {f.reason}: {f.message}")
+                via = f" via {f.via}" if f.via else ""
+                lines.append(f"  {f.path}: {f.platform}{via}: {f.reason}: {f.message}")
             if self.failures_total > len(self.failures):
                 lines.append(f"  … and {self.failures_total - len(self.failures)} more")
         else:
