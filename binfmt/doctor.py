@@ -56,6 +56,9 @@ CODES = {
     "systemd-binfmt-flushes": "info",
     "platform-unavailable": "error",
     "platform-ok": "info",
+    "no-kernel-support": "error",
+    "no-credentials": "info",
+    "qemu-versions": "info",
     "unreadable-entry": "warning",
     "invalid-config": "warning",
 }
@@ -150,6 +153,9 @@ def diagnose(
             doctor.check_entry(entry)
         doctor.check_overlaps(enabled)
         doctor.check_persistence(enabled)
+        doctor.check_credentials(enabled)
+        if probe and root == "/":
+            doctor.check_versions(enabled)
     for platform in platforms:
         doctor.check_platform(platform, probe)
     return DoctorReport(state.path, tuple(doctor.problems))
@@ -183,6 +189,14 @@ class _Doctor:
                     "on the host: systemctl restart proc-sys-fs-binfmt_misc.mount "
                     f"(or mount -t binfmt_misc binfmt_misc {path}), then register again",
                 )
+            elif not self.kernel_supports_binfmt_misc():
+                self.add(
+                    "no-kernel-support",
+                    f"this kernel ({self.host.release}) has no binfmt_misc: it is not in "
+                    "/proc/filesystems and there is no module to load (tonistiigi/binfmt#162: "
+                    "'no such device')",
+                    "use a kernel built with CONFIG_BINFMT_MISC (or install its modules)",
+                )
             else:
                 self.add(
                     "not-mounted",
@@ -196,6 +210,55 @@ class _Doctor:
                 "disabled",
                 "binfmt_misc is switched off globally: no entry is used",
                 f"echo 1 > {path}/status",
+            )
+
+    def kernel_supports_binfmt_misc(self) -> bool:
+        """In /proc/filesystems, or a module the mount would load; unknown counts as yes."""
+        filesystems = read_proc_file(self.path("/proc/filesystems"))
+        if filesystems is None or "binfmt_misc" in filesystems.split():
+            return True
+        modules = self.path(f"/lib/modules/{self.host.release}/kernel/fs")
+        try:
+            return any(name.startswith("binfmt_misc.ko") for name in os.listdir(modules))
+        except OSError:
+            return False
+
+    def check_credentials(self, enabled: list[Entry]) -> None:
+        """Emulated setuid programs (sudo …) need C; say so once, as a trade-off."""
+        without = [e.name for e in enabled if qemu.identify(e) and Flags.CREDENTIALS not in e.flags]
+        if without:
+            self.add(
+                "no-credentials",
+                f"without the C flag ({', '.join(without[:4])}{' …' if len(without) > 4 else ''}),"
+                " setuid programs in emulated containers run without their privileges: sudo "
+                "says 'effective uid is not 0' (multiarch/qemu-user-static#17)",
+                "only if you need them: binfmt install … --credential --replace (it runs QEMU "
+                "with the programs' privileges: a security trade-off)",
+            )
+
+    def check_versions(self, enabled: list[Entry]) -> None:
+        """Which QEMU each entry runs: /proc does not show it (anchors, pain point 8)."""
+        versions: dict[str, list[str]] = {}
+        for entry in enabled:
+            if not qemu.identify(entry) or not os.access(entry.interpreter, os.X_OK):
+                continue
+            name = os.path.basename(entry.interpreter)
+            if not (name.startswith("qemu-") or "/qemu-binfmt/" in entry.interpreter):
+                continue
+            version = _qemu_version(entry.interpreter)
+            if version is not None:
+                versions.setdefault(version, []).append(entry.name)
+        if versions:
+            shown = "; ".join(f"{v} ({len(names)} entries)" for v, names in versions.items())
+            self.add(
+                "qemu-versions",
+                f"QEMU versions behind the entries: {shown}"
+                + (
+                    " — more than one: entries were registered from different installs"
+                    if len(versions) > 1
+                    else ""
+                ),
+                "with F, an upgraded QEMU runs only after: binfmt install … --refresh",
             )
 
     def check_kernel(self) -> None:
@@ -431,6 +494,27 @@ class _Doctor:
                 "binaries",
                 f"binfmt install {sig.name} --persistent",
             )
+
+
+def _qemu_version(interpreter: str) -> Optional[str]:
+    """``qemu-aarch64 version 7.2.0 (Debian …)`` → ``7.2.0 (Debian …)``; None if it will not say."""
+    import subprocess
+
+    try:
+        # Debian's qemu-binfmt/*-binfmt-P links refuse to run outside binfmt_misc;
+        # the QEMU they point at answers.
+        done = subprocess.run(
+            [os.path.realpath(interpreter), "--version"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = done.stdout.splitlines()[0] if done.stdout else ""
+    marker = " version "
+    return first.split(marker, 1)[1].strip() if marker in first else None
 
 
 def _count(n: int, noun: str) -> str:

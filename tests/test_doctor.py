@@ -244,6 +244,28 @@ def test_boot_order(tmp_path: Path) -> None:
     assert found.entry == "qemu-aarch64" and "box wins now" in found.message
 
 
+def test_kernel_without_binfmt_misc(tmp_path: Path) -> None:
+    """No binfmt_misc in /proc/filesystems and no module: the kernel lacks it, not the mount."""
+    root = fake_root(tmp_path, {}, systemd=False)
+    (root / "proc/filesystems").write_text("nodev\tsysfs\nnodev\tproc\n\text4\n")
+    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, root=str(root))
+    assert codes(report) == {"no-kernel-support"}
+    modules = root / "lib/modules/6.18.0/kernel/fs"
+    modules.mkdir(parents=True)
+    (modules / "binfmt_misc.ko.xz").write_bytes(b"")
+    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, root=str(root))
+    assert codes(report) == {"not-mounted"}  # mounting loads the module
+
+
+@pytest.mark.qemu
+def test_credentials_and_versions() -> None:
+    """QEMU entries without C get one note; the QEMU versions behind them are shown."""
+    report = diagnose(tree("debian-qemu-user-static"), X86, binfmt_d_dirs=[], probe=True)
+    assert {"no-credentials", "qemu-versions"} <= codes(report)
+    (versions,) = [p for p in report.problems if p.code == "qemu-versions"]
+    assert "7." in versions.message and "entries" in versions.message
+
+
 def test_every_code_is_produced_by_some_test() -> None:
     """Each documented finding code was produced above (runs last in this module)."""
     if len(SEEN) < 5:
