@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 missing=""
-for pkg in qemu-user-static util-linux file dpkg-dev; do
+for pkg in qemu-user-static util-linux file dpkg-dev python3-venv; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
