@@ -133,7 +133,8 @@ def main() -> int:
     out += [
         "## scan",
         "",
-        "| mode | files read | bare loop | scan | ratio | `file -b` | scan vs file |",
+        "| mode | files read | bare loop | scan | scan / loop | `find | xargs file -b` | "
+        "file / scan |",
         "|---|---|---|---|---|---|---|",
     ]
     for all_files in (False, True):
