@@ -68,6 +68,19 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def not_a_directory(path: Optional[str], option: str) -> Optional[int]:
+    """The usage error for a directory option that is not one, or ``None`` if it is.
+
+    Checked after parsing, not by an argparse type, so that parsing a command
+    line stays independent of the machine it is parsed on.
+    """
+    import os
+
+    if path is None or os.path.isdir(path):
+        return None
+    return fail(ValueError(f"invalid {option} {path!r}: not a directory"), EXIT_USAGE)
+
+
 def fail(exc: BaseException, status: int = EXIT_FAILURE) -> int:
     """Print ``exc`` as the one-line error and return ``status``."""
     message = str(exc).replace("\n", " ")
@@ -261,14 +274,14 @@ def _add_check(commands: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-    import os
 
     from .host import Host
     from .prediction import predict
     from .procfs import BinfmtMisc
 
-    if not os.path.isdir(args.rootfs):
-        return fail(ValueError(f"invalid --rootfs {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    error = not_a_directory(args.rootfs, "--rootfs")
+    if error is not None:
+        return error
     state = BinfmtMisc(args.procfs).state()
     if not state.mounted:
         print(
@@ -483,14 +496,14 @@ def _add_verify(commands: Any) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    import os
 
     from .host import Host
     from .procfs import DEFAULT_PATH, BinfmtMisc
     from .verify import verify
 
-    if args.rootfs is not None and not os.path.isdir(args.rootfs):
-        return fail(ValueError(f"invalid --rootfs {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    error = not_a_directory(args.rootfs, "--rootfs")
+    if error is not None:
+        return error
     if not _same_instance(args.procfs, DEFAULT_PATH):
         print(
             f"binfmt: warning: the probes run through this process's binfmt_misc; "
@@ -552,14 +565,14 @@ def _positive_int(text: str) -> int:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
-    import os
 
     from .host import Host
     from .procfs import BinfmtMisc
     from .scan import scan
 
-    if not os.path.isdir(args.rootfs):
-        return fail(ValueError(f"invalid ROOTFS {args.rootfs!r}: not a directory"), EXIT_USAGE)
+    error = not_a_directory(args.rootfs, "ROOTFS")
+    if error is not None:
+        return error
     state = BinfmtMisc(args.procfs).state()
     if not state.mounted:
         print(
@@ -762,14 +775,14 @@ def _add_doctor(commands: Any) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-    import os
 
     from .doctor import diagnose
     from .host import Host
     from .procfs import BinfmtMisc
 
-    if not os.path.isdir(args.root):
-        return fail(ValueError(f"invalid --root {args.root!r}: not a directory"), EXIT_USAGE)
+    error = not_a_directory(args.root, "--root")
+    if error is not None:
+        return error
     report = diagnose(
         BinfmtMisc(args.procfs).state(),
         Host.detect(),

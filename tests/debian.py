@@ -45,3 +45,18 @@ def debian_qemu_lines() -> list[str]:
         stripped = (line.strip() for line in conf.read_text().splitlines())
         lines += [line for line in stripped if line and not line.startswith(("#", ";"))]
     return lines
+
+
+def install_all_argv(procfs: str) -> list[str]:
+    """The node set-up command (``install … --persistent all``) against ``procfs``."""
+    return [
+        "install",
+        "--procfs",
+        procfs,
+        "--qemu-path",
+        "/usr/bin",
+        "--qemu-suffix",
+        "-static",
+        "--persistent",
+        "all",
+    ]

@@ -15,6 +15,8 @@ from binfmt.doctor import CODES, DoctorReport, diagnose
 from binfmt.persist import binfmt_d_files, write_files
 from binfmt.sandbox import Sandbox
 
+from .debian import install_all_argv
+
 TREES = Path(__file__).parent / "data" / "procfs"
 X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
 STATIC = "/usr/bin/qemu-aarch64-static"
@@ -181,22 +183,7 @@ def test_cli_json_and_exit_status(capsys: pytest.CaptureFixture[str], tmp_path: 
 def test_healthy_real_setup_has_no_warning(binfmt_sandbox: Sandbox, tmp_path: Path) -> None:
     """install all --persistent + export to binfmt.d: doctor finds nothing to warn about."""
     misc = binfmt_sandbox.misc
-    assert (
-        main(
-            [
-                "install",
-                "--procfs",
-                misc.path,
-                "--qemu-path",
-                "/usr/bin",
-                "--qemu-suffix",
-                "-static",
-                "--persistent",
-                "all",
-            ]
-        )
-        == 0
-    )
+    assert main(install_all_argv(misc.path)) == 0
     etc = tmp_path / "etc" / "binfmt.d"
     etc.mkdir(parents=True)
     assert main(["export", "--current", "--procfs", misc.path, "--dir", str(etc)]) == 0

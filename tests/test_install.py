@@ -16,7 +16,7 @@ from binfmt.install import InstallError, InstallOptions, apply, plan, plan_unins
 from binfmt.sandbox import Sandbox
 from binfmt.testing import require_or_skip
 
-from .debian import debian_root
+from .debian import debian_root, install_all_argv
 
 X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
 X86_NO_IA32 = Host.from_facts("x86_64", "6.18.0", config={})
@@ -324,19 +324,7 @@ def test_install_all_persistent_runs_real_debian_binaries(
     """install all --persistent, then Debian busybox runs for 7 arches; uninstall keeps others."""
     misc = binfmt_sandbox.misc
     misc.register(":WSLInterop:M::MZ::/bin/true:P")
-    code = main(
-        [
-            "install",
-            "--procfs",
-            misc.path,
-            "--qemu-path",
-            "/usr/bin",
-            "--qemu-suffix",
-            "-static",
-            "--persistent",
-            "all",
-        ]
-    )
+    code = main(install_all_argv(misc.path))
     assert code == 0, capsys.readouterr()
     for arch in ("arm64", "armhf", "armel", "mips64el", "mipsel", "ppc64el", "s390x"):
         busybox = debian_root(arch) / "bin" / "busybox"
