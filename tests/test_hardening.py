@@ -32,6 +32,8 @@ from binfmt.rootfs import resolve
 from binfmt.scan import scan
 from binfmt.testing import make_fake_procfs
 
+from .debian import install_all_argv
+
 K = KernelRules.for_release("6.18")
 X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,20 +192,7 @@ def test_permission_errors_are_explained(tmp_path: Path, monkeypatch: pytest.Mon
 def test_two_installs_at_once(tmp_path: Path) -> None:
     """Two install runs started together both succeed and leave each entry registered once."""
     misc = make_fake_procfs(tmp_path / "p", kernel=K)
-    argv = [
-        sys.executable,
-        "-m",
-        "binfmt",
-        "install",
-        "--procfs",
-        misc.path,
-        "--qemu-path",
-        "/usr/bin",
-        "--qemu-suffix",
-        "-static",
-        "--persistent",
-        "all",
-    ]
+    argv = [sys.executable, "-m", "binfmt", *install_all_argv(misc.path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
