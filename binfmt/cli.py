@@ -274,7 +274,6 @@ def _add_check(commands: Any) -> None:
 
 
 def _run_check(args: argparse.Namespace) -> int:
-
     from .host import Host
     from .prediction import predict
     from .procfs import BinfmtMisc
@@ -496,7 +495,6 @@ def _add_verify(commands: Any) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-
     from .host import Host
     from .procfs import DEFAULT_PATH, BinfmtMisc
     from .verify import verify
@@ -565,7 +563,6 @@ def _positive_int(text: str) -> int:
 
 
 def _run_scan(args: argparse.Namespace) -> int:
-
     from .host import Host
     from .procfs import BinfmtMisc
     from .scan import scan
@@ -775,7 +772,6 @@ def _add_doctor(commands: Any) -> None:
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
-
     from .doctor import diagnose
     from .host import Host
     from .procfs import BinfmtMisc
