@@ -418,9 +418,7 @@ class _Doctor:
         missing = []
         for entry in enabled:
             saved = persisted.get(entry.name)
-            if saved is None or attrs.evolve(saved, enabled=True) != attrs.evolve(
-                entry, enabled=True
-            ):
+            if saved is None or not saved.same_registration(entry):
                 missing.append(entry.name)
         for name in missing:
             self.add(

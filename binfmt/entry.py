@@ -208,6 +208,10 @@ class Entry:
         """Bytes the magic covers (0 for extension entries)."""
         return len(self.magic)
 
+    def same_registration(self, other: Entry) -> bool:
+        """Whether ``other`` registers the same entry: equal but for the enabled state."""
+        return attrs.evolve(self, enabled=True) == attrs.evolve(other, enabled=True)
+
     # -- kernel-version checks ----------------------------------------------
 
     def check(self, kernel: Optional[KernelRules] = None) -> Entry:

@@ -281,7 +281,7 @@ def _plan_target(
     existing = state.get(entry.name)
     if existing is None:
         return Step("register", entry, sig.name, f"register {sig.name}")
-    if _same_registration(existing, entry):
+    if existing.same_registration(entry):
         if options.refresh:
             return Step("replace", entry, sig.name, "re-register (--refresh)", existing)
         if existing.enabled:
@@ -316,10 +316,6 @@ def _capture_findings(entry: Entry, host: Host, force: bool) -> list[Finding]:
             + ("" if force else "; --force registers it anyway"),
         )
     ]
-
-
-def _same_registration(a: Entry, b: Entry) -> bool:
-    return attrs.evolve(a, enabled=True) == attrs.evolve(b, enabled=True)
 
 
 def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
@@ -408,7 +404,7 @@ def plan_entries(
         existing = state.get(entry.name)
         if existing is None:
             steps.append(Step("register", entry, None, reason or "register"))
-        elif _same_registration(existing, entry):
+        elif existing.same_registration(entry):
             action = "unchanged" if existing.enabled else "enable"
             steps.append(Step(action, entry, None, "already registered, identical", existing))
         elif replace:
