@@ -15,6 +15,7 @@ from .entry import Entry, EntryType, Flags
 from .errors import (
     BinfmtError,
     InvalidEntry,
+    InvalidValue,
     KernelError,
     MalformedStatus,
     NotMounted,
@@ -27,10 +28,11 @@ from .procfs import DEFAULT_PATH, BinfmtMisc, State
 from .qemu import SIGNATURES, Signature
 
 if TYPE_CHECKING:
-    from .prediction import Finding, Verdict, predict
+    from .findings import Finding
+    from .prediction import Verdict, predict
 
 # Loaded on first use: they pull in the ELF reader, which `status` never needs.
-_LAZY = {"predict": "prediction", "Verdict": "prediction", "Finding": "prediction"}
+_LAZY = {"predict": "prediction", "Verdict": "prediction", "Finding": "findings"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +57,7 @@ __all__ = [
     "Flags",
     "Host",
     "InvalidEntry",
+    "InvalidValue",
     "KernelError",
     "KernelRules",
     "MalformedStatus",

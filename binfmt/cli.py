@@ -1,22 +1,29 @@
 """``python -m binfmt`` / ``binfmt``: the command line.
 
-Every command prints text for people by default and a documented JSON
-document with ``--json``. Exit status: 0 success, 1 the command ran but found
-a failure (not mounted, a binary that would not run …), 2 usage errors.
-Errors are one line on stderr, ``binfmt: error: …``, never a traceback.
+Argument parsing and calls into the library, nothing more. Every command
+prints text for people by default and a documented JSON document with
+``--json``; everything printed, stdout and stderr, goes through
+:mod:`binfmt.output`, so untrusted names are shown escaped. Exit status: 0
+success, 1 the command ran but found a failure (not mounted, a binary that
+would not run …), 2 usage errors. Errors are one line on stderr,
+``binfmt: error: …``, never a traceback.
+
+Only the parser of the command being run is built (start-up matters on
+nodes where a DaemonSet runs ``status`` in a loop); :func:`build_parser`
+builds them all, for ``--help`` and the documentation tests.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any, Callable, NoReturn, Optional
+from typing import IO, Any, Callable, NoReturn, Optional
 
-from .errors import BinfmtError
+from .errors import BinfmtError, NotMounted
+from .output import printable, terminal_text
 
-__all__ = ["main"]
+__all__ = ["OPTION_FLAGS", "build_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -24,15 +31,26 @@ EXIT_USAGE = 2
 
 Handler = Callable[[argparse.Namespace], int]
 
+#: How the options that findings name (:attr:`binfmt.findings.Finding.options`) are spelled here.
+OPTION_FLAGS = {
+    "replace": "--replace",
+    "force": "--force",
+    "persistent": "--persistent",
+    "credential": "--credential",
+    "qemu_path": "--qemu-path",
+    "procfs": "--procfs",
+}
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(_join_dash_values(sys.argv[1:] if argv is None else list(argv)))
+    args_list = _join_dash_values(sys.argv[1:] if argv is None else list(argv))
+    parser = build_parser(only=_command_of(args_list))
+    args = parser.parse_args(args_list)
     handler: Optional[Handler] = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
-        print("binfmt: error: a command is required", file=sys.stderr)
+        _write(sys.stderr, "binfmt: error: a command is required\n")
         return EXIT_USAGE
     try:
         return handler(args)
@@ -40,14 +58,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # The reader went away (``binfmt status | head``): not an error to report.
         _silence_stdout()
         return EXIT_FAILURE
-    except BinfmtError as exc:
-        return fail(exc)
-    except OSError as exc:
-        # Anything the OS refused that the library did not translate.
+    except (BinfmtError, OSError) as exc:
+        # OSError: anything the OS refused that the library did not translate.
         return fail(exc)
     except KeyboardInterrupt:
         return 130
 
+
+# -- output -------------------------------------------------------------------------
+
+
+def _write(stream: IO[str], text: str) -> None:
+    stream.write(terminal_text(text))
+
+
+def _warn(message: str) -> None:
+    _write(sys.stderr, f"binfmt: warning: {printable(message)}\n")
+
+
+def _emit(args: argparse.Namespace, document: Any, text: str) -> None:
+    """``--json`` prints the document, otherwise the text."""
+    from .output import json_text
+
+    _write(sys.stdout, json_text(document) if args.json else text)
+
+
+def fail(exc: BaseException, status: int = EXIT_FAILURE) -> int:
+    """Print ``exc`` as the one-line error and return ``status``."""
+    message = str(exc)
+    if isinstance(exc, NotMounted):
+        message += f" (or pass {OPTION_FLAGS['procfs']} DIR)"
+    _write(sys.stderr, f"binfmt: error: {printable(message)}\n")
+    return status
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+# -- parsing --------------------------------------------------------------------------
 
 # Options whose values start with '-' (``--qemu-suffix -static``, as QEMU's
 # script spells it); argparse would take the value for an option.
@@ -68,6 +122,16 @@ def _join_dash_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _command_of(argv: Sequence[str]) -> Optional[str]:
+    """The command a command line runs, when it names one this program has."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in _COMMANDS else None
+        if arg in ("-h", "--help", "--version"):
+            return None
+    return None
+
+
 def not_a_directory(path: Optional[str], option: str) -> Optional[int]:
     """The usage error for a directory option that is not one, or ``None`` if it is.
 
@@ -79,49 +143,6 @@ def not_a_directory(path: Optional[str], option: str) -> Optional[int]:
     if path is None or os.path.isdir(path):
         return None
     return fail(ValueError(f"invalid {option} {path!r}: not a directory"), EXIT_USAGE)
-
-
-def fail(exc: BaseException, status: int = EXIT_FAILURE) -> int:
-    """Print ``exc`` as the one-line error and return ``status``."""
-    message = str(exc).replace("\n", " ")
-    print(f"binfmt: error: {message}", file=sys.stderr)
-    return status
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
-    import os
-
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
-def emit_report(args: argparse.Namespace, document: Any, text: str) -> None:
-    """``--json`` prints the document, otherwise the text."""
-    if args.json:
-        emit_json(document)
-    else:
-        sys.stdout.write(text)
-
-
-def emit_json(document: Any) -> None:
-    json.dump(document, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
-
-
-def printable(text: str) -> str:
-    """Show control characters and undecodable bytes escaped, so one entry stays one line."""
-    if text.isprintable():
-        return text
-    return (
-        text.encode("utf-8", "surrogateescape")
-        .decode("ascii", "backslashreplace")
-        .translate(_CONTROL)
-    )
-
-
-_CONTROL = {i: f"\\x{i:02x}" for i in range(32)} | {0x7F: "\\x7f"}
 
 
 def _version() -> str:
@@ -149,25 +170,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         where = "" if self.prog == "binfmt" else f"{self.prog}: "
-        self.exit(EXIT_USAGE, f"binfmt: error: {where}{message} (see {self.prog} --help)\n")
+        self.exit(
+            EXIT_USAGE,
+            terminal_text(f"binfmt: error: {where}{printable(message)} (see {self.prog} --help)\n"),
+        )
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The argument parser: every command, or with ``only`` just that one (faster)."""
     parser = _Parser(
         prog="binfmt",
         description="Inspect, predict and manage Linux binfmt_misc (QEMU user-mode emulation).",
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    _add_status(commands)
-    _add_check(commands)
-    _add_install(commands)
-    _add_uninstall(commands)
-    _add_export(commands)
-    _add_load(commands)
-    _add_verify(commands)
-    _add_scan(commands)
-    _add_doctor(commands)
+    for name, add in _COMMANDS.items():
+        if only is None or name == only:
+            add(commands)
     return parser
 
 
@@ -184,6 +203,21 @@ def _procfs_option(parser: argparse.ArgumentParser) -> None:
 
 def _json_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON document")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be at least 1")
+    return value
+
+
+def _not_mounted_warning(state: Any, what: str) -> None:
+    if not state.mounted:
+        _warn(f"binfmt_misc is not mounted at {state.path}: {what} as if no entry were registered")
 
 
 # -- status -----------------------------------------------------------------
@@ -230,7 +264,9 @@ def _run_status(args: argparse.Namespace) -> int:
     host = Host.detect()
     form = "json" if args.json else (args.format or "text")
     if form == "json":
-        text = json.dumps(status_document(state, host), indent=2, ensure_ascii=False) + "\n"
+        from .output import json_text
+
+        text = json_text(status_document(state, host))
     elif form == "nfd":
         text = nfd_features(state, host, expiry=args.nfd_expiry)
     else:
@@ -238,14 +274,13 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.output:
         import os
 
-        from .persist import write_files
+        from .files import write_files
 
         directory, name = os.path.split(os.path.abspath(args.output))
         write_files(directory, {name: text})
     else:
-        sys.stdout.write(text)
-    if not state.mounted:
-        misc.require_mounted()  # raises NotMounted, whose message says how to mount
+        _write(sys.stdout, text)
+    misc.require_mounted()  # raises NotMounted, whose message says how to mount
     return EXIT_OK
 
 
@@ -277,30 +312,21 @@ def _run_check(args: argparse.Namespace) -> int:
     from .host import Host
     from .prediction import predict
     from .procfs import BinfmtMisc
+    from .report import verdict_text
 
     error = not_a_directory(args.rootfs, "--rootfs")
     if error is not None:
         return error
     state = BinfmtMisc(args.procfs).state()
-    if not state.mounted:
-        print(
-            f"binfmt: warning: binfmt_misc is not mounted at {args.procfs}: "
-            "predicting as if no entry were registered",
-            file=sys.stderr,
-        )
+    _not_mounted_warning(state, "predicting")
     host = Host.detect()
     verdicts = [predict(path, state=state, host=host, rootfs=args.rootfs) for path in args.paths]
-    if args.json:
-        emit_json([v.to_dict() for v in verdicts])
-    else:
-        from .report import verdict_text
-
-        for verdict in verdicts:
-            sys.stdout.write(verdict_text(verdict))
+    text = "".join(verdict_text(v, OPTION_FLAGS) for v in verdicts)
+    _emit(args, [v.to_dict(OPTION_FLAGS) for v in verdicts], text)
     return EXIT_OK if all(v.runs for v in verdicts) else EXIT_FAILURE
 
 
-# -- install / uninstall ------------------------------------------------------------
+# -- install / uninstall / load -------------------------------------------------------
 
 
 def _change_options(p: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -403,7 +429,7 @@ def _run_install(args: argparse.Namespace) -> int:
     misc.require_mounted()
     host = Host.detect()
     options = _install_options_from(args)
-    return _carry_out(lambda state: plan(args.targets, options, state=state, host=host), misc, args)
+    return _change(args, misc, lambda state: plan(args.targets, options, state=state, host=host))
 
 
 def _add_uninstall(commands: Any) -> None:
@@ -429,43 +455,65 @@ def _run_uninstall(args: argparse.Namespace) -> int:
         return fail(ValueError("name entries or targets to remove, or pass --all-qemu"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
-    return _carry_out(
-        lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state), misc, args
+    return _change(
+        args, misc, lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state)
     )
 
 
-def _carry_out(make_plan: Callable[[Any], Any], misc: Any, args: argparse.Namespace) -> int:
-    """Plan and apply under the writer lock, then report. Shared by every changing command.
+def _add_load(commands: Any) -> None:
+    p = commands.add_parser(
+        "load",
+        help="register what binfmt.d files say, like systemd-binfmt but without wiping others",
+        description="Register the entries of binfmt.d directories or files. Directories are "
+        "read as systemd-binfmt reads /etc, /run, /usr/local/lib and /usr/lib/binfmt.d "
+        "(give them highest precedence first: same-name override, /dev/null masks, applied "
+        "in file-name order). An entry of the same name that differs is replaced; entries "
+        "of other names are never touched, unlike systemd-binfmt, which first removes all.",
+    )
+    p.add_argument("paths", nargs="+", metavar="DIR|FILE")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="register even entries that capture this host's own binaries",
+    )
+    _change_options(p)
+    p.set_defaults(handler=_run_load)
 
-    Planning inside the lock means two runs at once cannot interleave: the
-    second plans against what the first registered.
-    """
-    from .install import InstallError, apply, lock
 
-    applied = False
-    error: Optional[str] = None
-    with lock(misc.path):
-        the_plan = make_plan(misc.state())
-        if not args.dry_run and the_plan.ok and the_plan.changes:
-            try:
-                apply(the_plan, misc, locked=True)
-                applied = True
-            except InstallError as exc:
-                error = str(exc)
+def _run_load(args: argparse.Namespace) -> int:
+    from .errors import InvalidValue
+    from .host import Host
+    from .install import plan_entries
+    from .persist import load_entries
+    from .procfs import BinfmtMisc
+
+    try:
+        entries = load_entries(args.paths)
+    except InvalidValue as exc:
+        return fail(exc, EXIT_USAGE)
+    misc = BinfmtMisc(args.procfs)
+    misc.require_mounted()
+    host = Host.detect()
+    return _change(
+        args,
+        misc,
+        lambda state: plan_entries(entries, state=state, host=host, force=args.force),
+    )
+
+
+def _change(args: argparse.Namespace, misc: Any, make_plan: Callable[[Any], Any]) -> int:
+    """Plan and apply (:func:`binfmt.install.carry_out`), then report. Every changing command."""
+    from .install import carry_out
+    from .report import outcome_text
+
+    outcome = carry_out(misc, make_plan, dry_run=args.dry_run)
     if args.json:
-        doc = the_plan.to_dict()
-        doc.update(dry_run=args.dry_run, applied=applied, error=error)
-        emit_json(doc)
-    elif not (args.quiet and not the_plan.changes and the_plan.ok):
-        from .report import plan_text
-
-        sys.stdout.write(plan_text(the_plan, dry_run=args.dry_run, applied=applied))
-    if error is None and not the_plan.ok:
-        errors = [f.message for f in the_plan.findings if f.severity == "error"]
-        more = len(errors) - 1
-        error = errors[0] + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+        _emit(args, outcome.to_dict(OPTION_FLAGS), "")
+    elif not (args.quiet and not outcome.plan.changes and outcome.plan.ok):
+        _write(sys.stdout, outcome_text(outcome, OPTION_FLAGS))
+    error = outcome.error(OPTION_FLAGS)
     if error is not None:
-        print(f"binfmt: error: {error}", file=sys.stderr)
+        _write(sys.stderr, f"binfmt: error: {printable(error)}\n")
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -497,20 +545,20 @@ def _add_verify(commands: Any) -> None:
 def _run_verify(args: argparse.Namespace) -> int:
     from .host import Host
     from .procfs import DEFAULT_PATH, BinfmtMisc
+    from .report import verify_text
     from .verify import verify
 
     error = not_a_directory(args.rootfs, "--rootfs")
     if error is not None:
         return error
     if not _same_instance(args.procfs, DEFAULT_PATH):
-        print(
-            f"binfmt: warning: the probes run through this process's binfmt_misc; "
-            f"{args.procfs} is only used to explain the results",
-            file=sys.stderr,
+        _warn(
+            "the probes run through this process's binfmt_misc; "
+            f"{args.procfs} is only used to explain the results"
         )
     state = BinfmtMisc(args.procfs).state()
     report = verify(args.targets or None, state=state, host=Host.detect(), rootfs=args.rootfs)
-    emit_report(args, report.to_dict(), report.text())
+    _emit(args, report.to_dict(OPTION_FLAGS), verify_text(report, OPTION_FLAGS))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -552,31 +600,17 @@ def _add_scan(commands: Any) -> None:
     p.set_defaults(handler=_run_scan)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}: must be at least 1")
-    return value
-
-
 def _run_scan(args: argparse.Namespace) -> int:
     from .host import Host
     from .procfs import BinfmtMisc
+    from .report import scan_text
     from .scan import scan
 
     error = not_a_directory(args.rootfs, "ROOTFS")
     if error is not None:
         return error
     state = BinfmtMisc(args.procfs).state()
-    if not state.mounted:
-        print(
-            f"binfmt: warning: binfmt_misc is not mounted at {args.procfs}: "
-            "classifying as if no entry were registered",
-            file=sys.stderr,
-        )
+    _not_mounted_warning(state, "classifying")
     progress = sys.stderr if sys.stderr.isatty() and not args.json else None
     report = scan(
         args.rootfs,
@@ -587,11 +621,11 @@ def _run_scan(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         progress=progress,
     )
-    emit_report(args, report.to_dict(), report.text())
+    _emit(args, report.to_dict(), scan_text(report))
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
-# -- export / load --------------------------------------------------------------------
+# -- export ---------------------------------------------------------------------------
 
 
 def _add_export(commands: Any) -> None:
@@ -628,9 +662,10 @@ def _add_export(commands: Any) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import os
 
-    from . import persist
+    from .files import write_files
     from .host import Host
     from .install import plan
+    from .persist import current_entries, export_files
     from .procfs import BinfmtMisc
 
     if not args.targets and not args.current:
@@ -639,103 +674,38 @@ def _run_export(args: argparse.Namespace) -> int:
     state = misc.state()
     if args.current:
         misc.require_mounted()
-        entries = list(reversed(state.entries))  # registration order: oldest first
-        if args.targets:
-            unknown = [n for n in args.targets if state.get(n) is None]
-            if unknown:
-                return fail(ValueError(f"no entry named {unknown[0]!r} is registered"))
-            entries = [e for e in entries if e.name in args.targets]
+        entries = current_entries(state, args.targets)
         disabled = [e.name for e in entries if not e.enabled]
         if disabled:
-            print(
-                f"binfmt: warning: exported as enabled (files cannot say disabled): "
-                f"{', '.join(disabled)}",
-                file=sys.stderr,
-            )
+            _warn(f"exported as enabled (files cannot say disabled): {', '.join(disabled)}")
     else:
         the_plan = plan(args.targets, _install_options_from(args), state=state, host=Host.detect())
         errors = [f for f in the_plan.findings if f.severity == "error"]
         if errors:
             return fail(ValueError(errors[0].message))
         entries = [s.entry for s in the_plan.steps if s.action != "skip"]
-    if args.format == "systemd":
-        files = persist.binfmt_d_files(entries)
-    elif args.format == "debian":
-        files = persist.debian_files(entries, args.package)
-    else:
-        files = {"binfmt.register": "".join(e.to_register() + "\n" for e in entries)}
+    files = export_files(entries, args.format, package=args.package)
     written: list[str] = []
     if args.dir and not args.dry_run:
-        written = persist.write_files(args.dir, files)
+        written = write_files(args.dir, files)
     if args.json:
-        emit_json(
-            {
-                "format": args.format,
-                "dir": args.dir,
-                "dry_run": args.dry_run,
-                "files": [{"name": n, "content": c} for n, c in files.items()],
-                "written": written,
-            }
-        )
+        document = {
+            "format": args.format,
+            "dir": args.dir,
+            "dry_run": args.dry_run,
+            "files": [{"name": n, "content": c} for n, c in files.items()],
+            "written": written,
+        }
+        _emit(args, document, "")
     elif not args.dir or args.dry_run:
         for name, content in files.items():
             if len(files) > 1 or args.dry_run:
                 target = os.path.join(args.dir, name) if args.dir else name
-                sys.stdout.write(f"# ==> {target} <==\n")
-            sys.stdout.write(content)
+                _write(sys.stdout, f"# ==> {printable(target)} <==\n")
+            _write(sys.stdout, content)
     else:
-        for path in written:
-            print(f"wrote {path}")
+        _write(sys.stdout, "".join(f"wrote {printable(path)}\n" for path in written))
     return EXIT_OK
-
-
-def _add_load(commands: Any) -> None:
-    p = commands.add_parser(
-        "load",
-        help="register what binfmt.d files say, like systemd-binfmt but without wiping others",
-        description="Register the entries of binfmt.d directories or files. Directories are "
-        "read as systemd-binfmt reads /etc, /run, /usr/local/lib and /usr/lib/binfmt.d "
-        "(give them highest precedence first: same-name override, /dev/null masks, applied "
-        "in file-name order). An entry of the same name that differs is replaced; entries "
-        "of other names are never touched, unlike systemd-binfmt, which first removes all.",
-    )
-    p.add_argument("paths", nargs="+", metavar="DIR|FILE")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="register even entries that capture this host's own binaries",
-    )
-    _change_options(p)
-    p.set_defaults(handler=_run_load)
-
-
-def _run_load(args: argparse.Namespace) -> int:
-    import os
-
-    from . import persist
-    from .host import Host
-    from .install import plan_entries
-    from .procfs import BinfmtMisc
-
-    lines: list[Any] = []
-    dirs = [p for p in args.paths if os.path.isdir(p)]
-    for path in args.paths:
-        if not os.path.exists(path):
-            return fail(ValueError(f"invalid path {path!r}: no such file or directory"), EXIT_USAGE)
-    if dirs:
-        lines += persist.read_binfmt_d([os.path.abspath(d) for d in dirs])
-    for path in args.paths:
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8", "surrogateescape")
-            lines += persist.parse_binfmt_d(text, path)
-    entries = [line.entry for line in persist.effective_entries(lines)]
-    misc = BinfmtMisc(args.procfs)
-    misc.require_mounted()
-    host = Host.detect()
-    return _carry_out(
-        lambda state: plan_entries(entries, state=state, host=host, force=args.force), misc, args
-    )
 
 
 # -- doctor -------------------------------------------------------------------------
@@ -760,11 +730,15 @@ def _add_doctor(commands: Any) -> None:
     )
     p.add_argument("--no-probe", action="store_true", help="do not run probe programs")
     p.add_argument(
+        "--host-root",
         "--root",
+        dest="host_root",
         metavar="DIR",
         default="/",
-        help="read interpreters, binfmt.d files and /proc/self under DIR (e.g. /proc/1/root "
-        "from a pod with hostPID: the host's files); probes run only when this is /",
+        help="where the host's files are seen (e.g. /proc/1/root from a pod with hostPID): "
+        "interpreters, binfmt.d files, /proc, /sys and /boot are read under DIR, also to "
+        "tell what the host runs natively; probes run only when this is / "
+        "(--root is the older spelling)",
     )
     _procfs_option(p)
     _json_option(p)
@@ -775,16 +749,31 @@ def _run_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
     from .host import Host
     from .procfs import BinfmtMisc
+    from .report import doctor_text
 
-    error = not_a_directory(args.root, "--root")
+    error = not_a_directory(args.host_root, "--host-root")
     if error is not None:
         return error
     report = diagnose(
         BinfmtMisc(args.procfs).state(),
-        Host.detect(),
-        root=args.root,
+        Host.detect(args.host_root),
+        host_root=args.host_root,
         platforms=args.platform,
         probe=not args.no_probe,
     )
-    emit_report(args, report.to_dict(), report.text())
+    _emit(args, report.to_dict(OPTION_FLAGS), doctor_text(report, OPTION_FLAGS))
     return report.exit_status
+
+
+# Parser builders by command name, in the order --help lists them.
+_COMMANDS: dict[str, Callable[[Any], None]] = {
+    "status": _add_status,
+    "check": _add_check,
+    "install": _add_install,
+    "uninstall": _add_uninstall,
+    "export": _add_export,
+    "load": _add_load,
+    "verify": _add_verify,
+    "scan": _add_scan,
+    "doctor": _add_doctor,
+}

@@ -10,138 +10,109 @@ whether the node can run that platform at all (by running the probe from
 (``docs/doctor.rst`` maps each code to those reports).
 
 Every path the checks read (interpreters, ``/etc/binfmt.d``, the systemd
-binary, ``/proc/self``) is taken under ``root``, so the whole diagnosis can
-run against a fake tree.
+binary, ``/proc/self``) is taken under ``host_root`` (the host's root as this
+process sees it: ``/``, or ``/proc/1/root`` from a pod with ``hostPID``), so
+the whole diagnosis can also run against a fake tree.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
 import attrs
 
 from . import qemu
-from .elf import details
+from .binfmt_d import SYSTEMD_DIRS, effective_entries, read_binfmt_d
 from .entry import Entry, EntryType, Flags
-from .errors import BinfmtError, ElfError
+from .errors import BinfmtError
+from .findings import CODES as ALL_CODES
+from .findings import SEVERITIES, Finding, Severity, worst
+from .health import inspect_interpreter, interpreter_findings
 from .host import Host, read_proc_file
-from .persist import SYSTEMD_DIRS, effective_entries, read_binfmt_d
 from .procfs import DEFAULT_PATH, State
 
-__all__ = ["CODES", "DoctorReport", "Problem", "diagnose"]
+__all__ = ["CODES", "DOCTOR_CODES", "DoctorReport", "diagnose"]
 
-#: Every finding code doctor emits, with its severity. Stable: scripts may match on them.
-CODES = {
-    "not-mounted": "error",
-    "automount-not-triggered": "error",
-    "disabled": "error",
-    "kernel-without-f": "warning",
-    "user-namespace": "info",
-    "interpreter-missing": "error",
-    "interpreter-gone": "warning",
-    "interpreter-not-executable": "error",
-    "interpreter-dynamic": "warning",
-    "writable-credentials-interpreter": "error",
-    "writable-interpreter": "warning",
-    "no-fix-binary": "warning",
-    "hijacks-native": "error",
-    "shadowed-entry": "warning",
-    "duplicate-entry": "warning",
-    "not-persisted": "warning",
-    "boot-order-differs": "warning",
-    "systemd-binfmt-flushes": "info",
-    "platform-unavailable": "error",
-    "platform-ok": "info",
-    "no-kernel-support": "error",
-    "no-credentials": "info",
-    "qemu-versions": "info",
-    "unreadable-entry": "warning",
-    "invalid-config": "warning",
-}
-SEVERITY_ORDER = {"info": 0, "warning": 1, "error": 2}
+#: Every finding code doctor emits. Stable: scripts may match on them.
+DOCTOR_CODES = (
+    "not-mounted",
+    "automount-not-triggered",
+    "disabled",
+    "kernel-without-f",
+    "user-namespace",
+    "interpreter-missing",
+    "interpreter-gone",
+    "interpreter-not-executable",
+    "interpreter-not-elf",
+    "interpreter-dynamic",
+    "writable-credentials-interpreter",
+    "writable-interpreter",
+    "no-fix-binary",
+    "hijacks-native",
+    "shadowed-entry",
+    "duplicate-entry",
+    "not-persisted",
+    "boot-order-differs",
+    "systemd-binfmt-flushes",
+    "platform-unavailable",
+    "platform-ok",
+    "no-kernel-support",
+    "no-credentials",
+    "qemu-versions",
+    "unreadable-entry",
+    "invalid-config",
+)
+#: Doctor's codes with their severity (from :data:`binfmt.findings.CODES`).
+CODES: dict[str, Severity] = {code: ALL_CODES[code][0] for code in DOCTOR_CODES}
 SYSTEMD_BINFMT = ("/usr/lib/systemd/systemd-binfmt", "/lib/systemd/systemd-binfmt")
 
 
 @attrs.frozen
-class Problem:
-    """One finding: what is wrong (or worth knowing), and how to fix it."""
-
-    code: str
-    message: str
-    fix: str = ""
-    entry: Optional[str] = None
-
-    @property
-    def severity(self) -> str:
-        return CODES[self.code]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "code": self.code,
-            "severity": self.severity,
-            "entry": self.entry,
-            "message": self.message,
-            "fix": self.fix,
-        }
-
-
-@attrs.frozen
 class DoctorReport:
+    """What :func:`diagnose` found: one :class:`~binfmt.findings.Finding` per problem."""
+
     procfs: str
-    problems: tuple[Problem, ...]
+    problems: tuple[Finding, ...]
 
     @property
-    def worst(self) -> str:
-        return max(
-            (p.severity for p in self.problems), key=SEVERITY_ORDER.__getitem__, default="info"
-        )
+    def worst(self) -> Severity:
+        return worst(self.problems)
 
     @property
     def exit_status(self) -> int:
         """0 healthy (or only info), 1 warnings, 2 errors."""
-        return SEVERITY_ORDER[self.worst]
+        return SEVERITIES.index(self.worst)
 
     def codes(self) -> list[str]:
         return [p.code for p in self.problems]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The ``doctor --json`` document (``names``: see :meth:`Finding.fix_text`)."""
         return {
             "procfs": self.procfs,
             "status": {0: "ok", 1: "warnings", 2: "errors"}[self.exit_status],
-            "findings": [p.to_dict() for p in self.problems],
+            "findings": [p.to_dict(names) for p in self.problems],
         }
-
-    def text(self) -> str:
-        lines = []
-        for p in sorted(self.problems, key=lambda p: -SEVERITY_ORDER[p.severity]):
-            where = f" [{p.entry}]" if p.entry else ""
-            lines.append(f"{p.severity}: {p.code}{where}: {p.message}")
-            if p.fix:
-                lines.append(f"    fix: {p.fix}")
-        counts = {s: sum(p.severity == s for p in self.problems) for s in SEVERITY_ORDER}
-        verdict = {0: "healthy", 1: "works, with warnings", 2: "broken"}[self.exit_status]
-        parts = ", ".join(
-            _count(counts[s], noun)
-            for s, noun in (("error", "error"), ("warning", "warning"), ("info", "note"))
-        )
-        lines.append(f"{self.procfs}: {verdict} ({parts})")
-        return "\n".join(lines) + "\n"
 
 
 def diagnose(
     state: State,
     host: Host,
     *,
-    root: str = "/",
+    host_root: str = "/",
     binfmt_d_dirs: Sequence[str] = SYSTEMD_DIRS,
     platforms: Iterable[str] = (),
     probe: bool = True,
 ) -> DoctorReport:
-    """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel)."""
+    """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel).
+
+    ``host_root`` is where the host's files are seen (probes and version
+    checks run only when it is ``/``).
+    """
+    root = host_root
     doctor = _Doctor(state, host, root, binfmt_d_dirs)
     doctor.check_mount()
     if state.mounted:
@@ -167,10 +138,10 @@ class _Doctor:
         self.host = host
         self.root = root
         self.binfmt_d_dirs = binfmt_d_dirs
-        self.problems: list[Problem] = []
+        self.problems: list[Finding] = []
 
     def add(self, code: str, message: str, fix: str = "", entry: Optional[str] = None) -> None:
-        self.problems.append(Problem(code, message, fix, entry))
+        self.problems.append(Finding(code, message=message, fix=fix, entry=entry))
 
     def path(self, path: str) -> str:
         return os.path.join(self.root, path.lstrip("/")) if self.root != "/" else path
@@ -240,10 +211,7 @@ class _Doctor:
         """Which QEMU each entry runs: /proc does not show it (anchors, pain point 8)."""
         versions: dict[str, list[str]] = {}
         for entry in enabled:
-            if not qemu.identify(entry) or not os.access(entry.interpreter, os.X_OK):
-                continue
-            name = os.path.basename(entry.interpreter)
-            if not (name.startswith("qemu-") or "/qemu-binfmt/" in entry.interpreter):
+            if not qemu.is_qemu_entry(entry) or not os.access(entry.interpreter, os.X_OK):
                 continue
             version = _qemu_version(entry.interpreter)
             if version is not None:
@@ -283,93 +251,24 @@ class _Doctor:
     # -- one entry ----------------------------------------------------------------------
 
     def check_entry(self, entry: Entry) -> None:
-        hijacked = self.host.captured_by(entry)
-        if hijacked:
+        captured = self.host.captured_by(entry)
+        if captured:
             # First: it matters most, and whatever its interpreter, native programs break.
             self.add(
                 "hijacks-native",
-                f"{entry.name} matches this host's own {', '.join(hijacked)} binaries: "
+                f"{entry.name} matches this host's own {', '.join(captured)} binaries: "
                 f"every such exec goes to {entry.interpreter} (or fails with ELOOP/ENOENT)",
                 f"binfmt uninstall {shlex.quote(entry.name)}",
                 entry.name,
             )
         targets = qemu.identify(entry)
-        interp = self.path(entry.interpreter)
-        fixed = Flags.FIX_BINARY in entry.flags
-        try:
-            st = os.stat(interp)
-        except OSError as exc:
-            if fixed:
-                self.add(
-                    "interpreter-gone",
-                    f"{entry.interpreter} is gone; the kernel still runs the file it opened at "
-                    "registration (an old version, after an upgrade?)",
-                    f"register {entry.name} again (binfmt install --replace …)",
-                    entry.name,
-                )
-            else:
-                self.add(
-                    "interpreter-missing",
-                    f"interpreter {entry.interpreter} does not exist ({exc.strerror}): every "
-                    "matching exec fails with ENOENT",
-                    "install it, or remove the entry (binfmt uninstall NAME)",
-                    entry.name,
-                )
-            return
-        if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
-            self.add(
-                "interpreter-not-executable",
-                f"interpreter {entry.interpreter} is not an executable file: execs fail "
-                "with EACCES",
-                f"chmod +x {entry.interpreter}, or point the entry at the right file",
-                entry.name,
-            )
-            return
-        if Flags.CREDENTIALS in entry.flags and (st.st_uid != 0 or st.st_mode & 0o022):
-            self.add(
-                "writable-credentials-interpreter",
-                f"{entry.interpreter} has the C flag but can be changed by a non-root user: "
-                "anyone who can write it runs code with the privileges of every setuid "
-                "program it emulates",
-                f"chown root {entry.interpreter} && chmod go-w {entry.interpreter}",
-                entry.name,
-            )
-        elif st.st_uid != 0 or st.st_mode & 0o022:
-            self.add(
-                "writable-interpreter",
-                f"{entry.interpreter} can be changed by a non-root user, who then controls "
-                "every matching program anyone runs on this node, root's included",
-                f"chown root {entry.interpreter} && chmod go-w {entry.interpreter}",
-                entry.name,
-            )
-        if targets:
-            self.check_emulator(entry, interp, fixed, targets)
-
-    def check_emulator(
-        self, entry: Entry, interp: str, fixed: bool, targets: Sequence[qemu.Signature]
-    ) -> None:
-        try:
-            info = details(interp)
-        except (ElfError, OSError):
-            info = None
-        if info is not None and info.is_dynamic:
-            self.add(
-                "interpreter-dynamic",
-                f"{entry.interpreter} is dynamically linked: inside a container it needs its "
-                "loader and libraries there too, and fails without them, even with F",
-                "use a static build (Debian/Ubuntu: qemu-user-static) and register it again",
-                entry.name,
-            )
-        if not fixed:
-            self.add(
-                "no-fix-binary",
-                f"{entry.name} has no F flag: the kernel looks for {entry.interpreter} inside "
-                "each container, where it is usually missing (ENOENT)",
-                f"binfmt install {targets[0].name} --persistent --replace"
-                if qemu.tests_same_bits(entry, targets[0])
-                else f"register {entry.name} again with the F flag",
-                entry.name,
-            )
+        hint = ""
+        if targets and qemu.tests_same_bits(entry, targets[0]):
+            hint = f"binfmt install {targets[0].name} --persistent --replace"
+        facts = inspect_interpreter(entry.interpreter, self.root, elf=bool(targets))
+        self.problems.extend(
+            interpreter_findings(entry, facts, emulator=bool(targets), fix_binary_hint=hint)
+        )
 
     # -- between entries ----------------------------------------------------------------
 
@@ -513,10 +412,6 @@ def _qemu_version(interpreter: str) -> Optional[str]:
     first = done.stdout.splitlines()[0] if done.stdout else ""
     marker = " version "
     return first.split(marker, 1)[1].strip() if marker in first else None
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _test_key(entry: Entry) -> tuple[object, ...]:

@@ -29,7 +29,8 @@ from typing import IO, Any, Optional, Union
 
 import attrs
 
-from .errors import ElfError, InvalidElf, NotElf, NotRegularFile
+from .errors import ElfError, InvalidElf, InvalidValue, NotElf, NotRegularFile
+from .text import decode
 
 __all__ = [
     "MACHINE_NAMES",
@@ -322,7 +323,7 @@ def read_head(path: str, size: int = 256) -> bytes:
     the ``OSError`` of ``open(2)`` or ``read(2)``.
     """
     if size < 0:
-        raise ValueError(f"size must not be negative, got {size}")
+        raise InvalidValue("size", size, "must not be negative")
     fd, _ = _open_regular(path)
     try:
         data = os.read(fd, size)
@@ -350,6 +351,32 @@ _PHDR = {
 _PT_INTERP = 3
 
 
+def _check_interp_size(length: int) -> Optional[str]:
+    """Why the kernel refuses a PT_INTERP of ``length`` bytes, or ``None``."""
+    if not 2 <= length <= PATH_MAX:
+        return f"PT_INTERP is {length} bytes; the kernel accepts 2 to {PATH_MAX} (PATH_MAX)"
+    return None
+
+
+def _interp_path(raw: bytes) -> str:
+    """The path the kernel opens for PT_INTERP bytes; :class:`InvalidElf` if it refuses them."""
+    if not raw or raw[-1] != 0:
+        raise InvalidElf(f"PT_INTERP {raw[:80]!r} does not end with a NUL byte")
+    # The kernel opens the C string: up to the first NUL.
+    return decode(raw[: raw.index(0)])
+
+
+def _pread(fd: int, length: int, offset: int, what: str) -> bytes:
+    """``length`` bytes at ``offset``, or :class:`InvalidElf` if the file has fewer there."""
+    try:
+        data = os.pread(fd, length, offset)
+    except (OverflowError, ValueError):  # an offset beyond what off_t holds
+        data = b""
+    if len(data) != length:
+        raise InvalidElf(f"{what} (offset {offset}, {length} bytes) runs past the end of the file")
+    return data
+
+
 def program_interpreter(fd: int, header: ElfHeader) -> Optional[str]:
     """The ``PT_INTERP`` path of an open ELF file, or ``None``: two ``pread`` calls, no parser.
 
@@ -363,23 +390,25 @@ def program_interpreter(fd: int, header: ElfHeader) -> Optional[str]:
         return None
     layout, entsize = _PHDR[(header.elf_class, header.byte_order)]
     if header.phentsize != entsize:
-        raise InvalidElf(f"e_phentsize is {header.phentsize}, not {entsize}")
+        raise InvalidElf(
+            f"e_phentsize is {header.phentsize}, but ELF{header.elf_class} "
+            f"program headers are {entsize} bytes (the kernel refuses it)"
+        )
     size = header.phnum * entsize
     if size > MAX_PHDR_TABLE:
-        raise InvalidElf(f"program header table of {size} bytes is over {MAX_PHDR_TABLE}")
-    table = os.pread(fd, size, header.phoff)
-    if len(table) != size:
-        raise InvalidElf("the program header table runs past the end of the file")
+        raise InvalidElf(
+            f"program header table is {size} bytes ({header.phnum} entries), "
+            f"over the kernel's limit of {MAX_PHDR_TABLE}"
+        )
+    table = _pread(fd, size, header.phoff, "program header table")
     for start in range(0, size, entsize):
         p_type, p_offset, p_filesz = layout.unpack_from(table, start)
         if p_type != _PT_INTERP:
             continue
-        if not 2 <= p_filesz <= PATH_MAX:
-            raise InvalidElf(f"PT_INTERP is {p_filesz} bytes; the kernel accepts 2 to {PATH_MAX}")
-        raw = os.pread(fd, p_filesz, p_offset)
-        if len(raw) != p_filesz or raw[-1] != 0:
-            raise InvalidElf("PT_INTERP is truncated or does not end with a NUL byte")
-        return raw[: raw.index(0)].decode("utf-8", "surrogateescape")
+        refusal = _check_interp_size(p_filesz)
+        if refusal is not None:
+            raise InvalidElf(refusal)
+        return _interp_path(_pread(fd, p_filesz, p_offset, "PT_INTERP"))
     return None
 
 
@@ -516,15 +545,13 @@ class _DetailsReader:
 
     def interpreter(self, seg: Any) -> str:
         length = seg["p_filesz"]
-        if not 2 <= length <= PATH_MAX:
-            raise self.invalid(
-                f"PT_INTERP is {length} bytes; the kernel accepts 2 to {PATH_MAX} (PATH_MAX)"
-            )
-        raw = self.read(seg["p_offset"], length, "PT_INTERP")
-        if raw[-1] != 0:
-            raise self.invalid(f"PT_INTERP {raw[:80]!r} does not end with a NUL byte")
-        # The kernel opens the C string: up to the first NUL.
-        return raw[: raw.index(0)].decode("utf-8", "surrogateescape")
+        refusal = _check_interp_size(length)
+        if refusal is not None:
+            raise self.invalid(refusal)
+        try:
+            return _interp_path(self.read(seg["p_offset"], length, "PT_INTERP"))
+        except InvalidElf as exc:
+            raise self.invalid(exc.reason) from None
 
     def dynamic(self, elf: Any, seg: Any) -> tuple[bool, bool]:
         """(has DT_NEEDED, DF_1_PIE is set) from the dynamic table, up to DT_NULL."""

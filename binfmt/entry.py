@@ -19,10 +19,22 @@ from typing import Optional, Union
 
 import attrs
 
+from . import text
 from .errors import InvalidEntry, MalformedStatus
 from .kernel import KernelRules
 
-__all__ = ["Entry", "EntryType", "Flags"]
+__all__ = [
+    "INT_MAX",
+    "NAME_MAX",
+    "RESERVED_NAMES",
+    "Entry",
+    "EntryType",
+    "Flags",
+    "escape_magic",
+    "extension_of",
+    "mask_bits",
+    "masked_key",
+]
 
 #: Names the kernel's directory already holds: registering them gives EEXIST.
 RESERVED_NAMES = ("register", "status")
@@ -30,8 +42,6 @@ RESERVED_NAMES = ("register", "status")
 NAME_MAX = 255
 #: The kernel stores the offset in an ``int``.
 INT_MAX = 2**31 - 1
-#: Every flag letter any kernel knows; never usable as a delimiter we choose.
-ALL_FLAG_LETTERS = "POCFTLD"
 
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _DIGITS = frozenset(b"0123456789")
@@ -44,18 +54,44 @@ _DELIMITER_CHOICES = ":|!%@,=~^+&*$?<>`'\"-_[]{}()"
 _LITERAL = frozenset((string.ascii_letters + string.digits).encode())
 
 
-def _decode(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")
+_decode = text.decode
 
 
-def _encode(text: str) -> bytes:
+def _encode(value: str) -> bytes:
     try:
-        return text.encode("utf-8", "surrogateescape")
+        return text.encode(value)
     except UnicodeEncodeError:
         # A lone surrogate that does not stand for an undecodable byte.
         raise InvalidEntry(
-            "text", text, "contains a character that is neither UTF-8 text nor an escaped byte"
+            "text", value, "contains a character that is neither UTF-8 text nor an escaped byte"
         ) from None
+
+
+def mask_bits(mask: Optional[bytes]) -> Optional[int]:
+    """A mask as the integer :func:`masked_key` takes (``None``: compare every bit)."""
+    return None if mask is None else int.from_bytes(mask, "big")
+
+
+def masked_key(data: bytes, offset: int, size: int, mask: Optional[int]) -> int:
+    """The kernel's magic comparison, as one integer: ``size`` bytes at ``offset``, masked.
+
+    ``data`` is the start of a file (the kernel's buffer, zero-filled past the
+    end of the file, so missing bytes count as zero) or a magic itself; ``mask``
+    comes from :func:`mask_bits`. An entry matches a file exactly when both give
+    the same key (``check_file()`` in ``fs/binfmt_misc.c``: ``(s[j] ^ magic[j]) &
+    mask[j]`` is zero for every byte).
+    """
+    window = data[offset : offset + size]
+    if len(window) < size:
+        window = window + bytes(size - len(window))
+    value = int.from_bytes(window, "big")
+    return value if mask is None else value & mask
+
+
+def extension_of(path: str) -> Optional[str]:
+    """What an extension entry compares: the text after the last ``.`` of the exec path."""
+    dot = path.rfind(".")
+    return None if dot < 0 else path[dot + 1 :]
 
 
 class EntryType(enum.Enum):
@@ -327,16 +363,10 @@ class Entry:
         ``execve``: an extension entry compares the text after its last dot.
         """
         if self.type is EntryType.EXTENSION:
-            dot = path.rfind(".")
-            return dot >= 0 and path[dot + 1 :] == self.extension
-        end = self.offset + self.size
-        window = header[self.offset : end]
-        if len(window) < self.size:
-            window = window + bytes(self.size - len(window))
-        if self.mask is None:
-            return window == self.magic
-        diff = int.from_bytes(window, "big") ^ int.from_bytes(self.magic, "big")
-        return diff & int.from_bytes(self.mask, "big") == 0
+            return extension_of(path) == self.extension
+        mask = mask_bits(self.mask)
+        key = masked_key(header, self.offset, self.size, mask)
+        return key == masked_key(self.magic, 0, self.size, mask)
 
 
 # -- validation helpers -----------------------------------------------------
@@ -399,6 +429,14 @@ def _escape(data: bytes, delim: str, literal: frozenset[int]) -> str:
     # Bytes above 0x7f become lone surrogates, which _encode() turns back into
     # the same single byte.
     return "".join(_decode(bytes((b,))) if b in literal and b != d else f"\\x{b:02x}" for b in data)
+
+
+def escape_magic(data: bytes, delim: str = ":") -> str:
+    """Magic or mask bytes as a register line spells them: letters and digits, else ``\\xHH``.
+
+    The spelling of QEMU's own table (``\\x7fELF\\x02…``); ``delim`` is always escaped.
+    """
+    return _escape(data, delim, _LITERAL)
 
 
 def _choose_delimiter(texts: list[str]) -> str:

@@ -1,9 +1,14 @@
-"""The library's exceptions.
+"""The library's exceptions, all of them.
 
 Every error is a :class:`BinfmtError`, and each also inherits the builtin a
 caller would naturally catch (``ValueError`` for bad input, ``OSError``
-subclasses for the kernel's answers), so ``except ValueError`` keeps working
-for code that does not know this library.
+subclasses for the kernel's answers, ``LookupError`` for unknown names), so
+``except ValueError`` keeps working for code that does not know this library.
+Every one of them survives :mod:`pickle` (a process pool passes them back),
+and ``str()`` of each is one line naming the value at fault and the rule.
+
+Messages speak in the library's terms; the command line adds its own hints
+(which option to pass) when it prints them.
 """
 
 from __future__ import annotations
@@ -16,22 +21,58 @@ __all__ = [
     "BinfmtError",
     "ConfigError",
     "ElfError",
+    "InstallError",
     "InvalidElf",
     "InvalidEntry",
+    "InvalidValue",
     "KernelError",
     "MalformedStatus",
+    "NoSuchEntry",
     "NotElf",
     "NotMounted",
     "NotRegularFile",
     "PermissionDenied",
+    "SandboxUnavailable",
     "UnknownTarget",
     "UnsafeFileName",
     "WriteError",
+    "errno_name",
+    "show_value",
 ]
+
+
+def errno_name(number: Optional[int]) -> str:
+    """The symbolic name of an errno (``2`` → ``"ENOENT"``); ``None`` counts as ``EIO``."""
+    value = _errno.EIO if number is None else number
+    return _errno.errorcode.get(value, str(value))
+
+
+def show_value(value: object) -> str:
+    """Quote a bad value for a one-line message (``repr``), shortened if it is long."""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:60] + "…" + text[-15:]
+    return text
 
 
 class BinfmtError(Exception):
     """Base class of every error raised by :mod:`binfmt`."""
+
+
+class InvalidValue(BinfmtError, ValueError):
+    """An argument that breaks a rule: ``invalid jobs 0: must be at least 1``.
+
+    ``what`` names the argument, ``value`` is what was given, ``rule`` what it must be.
+    """
+
+    def __init__(self, what: str, value: object, rule: str) -> None:
+        self.what = what
+        self.value = value
+        self.rule = rule
+        super().__init__(f"invalid {what} {show_value(value)}: {rule}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.what, self.value, self.rule))
 
 
 class InvalidEntry(BinfmtError, ValueError):
@@ -48,7 +89,10 @@ class InvalidEntry(BinfmtError, ValueError):
         self.value = value
         self.rule = rule
         self.errno = errno
-        super().__init__(f"invalid {field} {_show(value)}: {rule}")
+        super().__init__(f"invalid {field} {show_value(value)}: {rule}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.value, self.rule, self.errno))
 
 
 class MalformedStatus(BinfmtError, ValueError):
@@ -59,9 +103,34 @@ class MalformedStatus(BinfmtError, ValueError):
         self.problem = problem
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.where, self.problem))
+
 
 class UnknownTarget(BinfmtError, LookupError):
     """A QEMU target, alias or OCI platform name that the table does not know."""
+
+
+class NoSuchEntry(BinfmtError, LookupError):
+    """No binfmt_misc entry of that name is registered (``name``)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"no entry named {show_value(name)} is registered")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.name,))
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InstallError(BinfmtError, RuntimeError):
+    """A plan that cannot be applied, or an apply that failed and was rolled back."""
+
+
+class SandboxUnavailable(BinfmtError, RuntimeError):
+    """This machine cannot create a private binfmt_misc instance."""
 
 
 class _OneLineOSError(OSError):
@@ -78,10 +147,12 @@ class NotMounted(BinfmtError, _OneLineOSError, FileNotFoundError):
         super().__init__(
             _errno.ENOENT,
             f"binfmt_misc is not mounted at {path}: mount it with "
-            f"'mount -t binfmt_misc binfmt_misc {path}' (as root), "
-            "or pass --procfs DIR",
+            f"'mount -t binfmt_misc binfmt_misc {path}' (as root)",
         )
         self.filename = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.filename,))
 
 
 class PermissionDenied(BinfmtError, _OneLineOSError, PermissionError):
@@ -94,6 +165,10 @@ class PermissionDenied(BinfmtError, _OneLineOSError, PermissionError):
             "(or in a user namespace that mounted its own binfmt_misc)",
         )
         self.filename = path
+        self.action = action
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.filename, self.action))
 
 
 class KernelError(BinfmtError, _OneLineOSError):
@@ -104,23 +179,18 @@ class KernelError(BinfmtError, _OneLineOSError):
     """
 
     def __init__(self, err: int, path: str, message: str, entry: Optional[str] = None) -> None:
-        name = _errno.errorcode.get(err, str(err))
-        super().__init__(err, f"{message} ({name}: {os.strerror(err)})")
+        super().__init__(err, f"{message} ({errno_name(err)}: {os.strerror(err)})")
         self.filename = path
         self.entry = entry
+        self.message = message
 
     @property
     def errno_name(self) -> str:
         """The errno's symbolic name (``"EEXIST"``), as JSON output spells it."""
-        return _errno.errorcode.get(self.errno or 0, str(self.errno))
+        return errno_name(self.errno)
 
-
-def _show(value: object) -> str:
-    """Quote a bad value for a one-line message, shortened if it is long."""
-    text = repr(value)
-    if len(text) > 80:
-        text = text[:60] + "…" + text[-15:]
-    return text
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.errno, self.filename, self.message, self.entry))
 
 
 class ElfError(BinfmtError, ValueError):
@@ -196,7 +266,7 @@ class UnsafeFileName(BinfmtError, ValueError):
     def __init__(self, name: str, rule: str) -> None:
         self.name = name
         self.rule = rule
-        super().__init__(f"invalid file name {_show(name)}: {rule}")
+        super().__init__(f"invalid file name {show_value(name)}: {rule}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.name, self.rule))

@@ -20,6 +20,7 @@ from typing import Optional
 
 import attrs
 
+from . import qemu
 from .entry import Entry
 from .kernel import KernelRules
 
@@ -105,30 +106,31 @@ class Host:
         return target in self.native
 
     def captured_by(self, entry: Entry) -> list[str]:
-        """The native targets whose programs ``entry`` matches: they would all go to it.
+        """The native targets some of whose programs ``entry`` matches: they would go to it.
 
-        Tested on synthesized ET_EXEC and ET_DYN headers of each native target.
-        An entry that captures the host's own binaries sends every such exec to
-        its interpreter, which loops (ELOOP) if the interpreter is one of them.
+        Judged by :func:`binfmt.qemu.coverage` (static or PIE programs). An entry
+        that captures the host's own binaries sends every such exec to its
+        interpreter, which loops (ELOOP) if the interpreter is one of them.
         """
-        from . import qemu
-
-        return [
-            t
-            for t in self.native
-            if entry.matches(qemu.get(t).header(2)) or entry.matches(qemu.get(t).header(3))
-        ]
+        return [t for t in self.native if qemu.coverage(entry, qemu.get(t)) != "none"]
 
     @classmethod
-    def detect(cls, root: str = "/") -> Host:
-        """This machine (``root`` lets tests point at a fake ``/proc`` and ``/boot``)."""
+    def detect(cls, host_root: str = "/") -> Host:
+        """This machine: the running kernel, with its files read under ``host_root``.
+
+        ``host_root`` is where this process sees the host's ``/proc``, ``/sys``
+        and ``/boot`` (``/proc/1/root`` from a pod with ``hostPID``, or a fake
+        tree in tests).
+        """
         uname = os.uname()
         return cls.from_facts(
             uname.machine,
             uname.release,
-            config=_kernel_config(root, uname.release),
-            cmdline=read_proc_file(os.path.join(root, "proc/cmdline")) or "",
-            aarch32_el0=read_proc_file(os.path.join(root, "sys/devices/system/cpu/aarch32_el0")),
+            config=_kernel_config(host_root, uname.release),
+            cmdline=read_proc_file(os.path.join(host_root, "proc/cmdline")) or "",
+            aarch32_el0=read_proc_file(
+                os.path.join(host_root, "sys/devices/system/cpu/aarch32_el0")
+            ),
         )
 
     @classmethod

@@ -25,29 +25,33 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Optional
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Literal, Optional
 
 import attrs
 
 from . import qemu
-from .elf import details
 from .entry import Entry, Flags
-from .errors import BinfmtError, ElfError
+from .errors import BinfmtError, InstallError
+from .findings import Finding
+from .health import inspect_interpreter, interpreter_findings
 from .host import Host
 from .kernel import KernelRules
-from .prediction import Finding
 from .procfs import BinfmtMisc, State
+from .qemu import is_qemu_entry
 
 __all__ = [
+    "ACTIONS",
     "SEARCH_DIRS",
+    "Action",
     "InstallError",
     "InstallOptions",
+    "Outcome",
     "Plan",
     "Step",
     "apply",
+    "carry_out",
     "find_interpreter",
     "is_qemu_entry",
     "lock",
@@ -56,15 +60,24 @@ __all__ = [
     "plan_uninstall",
 ]
 
+Action = Literal["register", "replace", "enable", "remove", "unchanged", "skip", "conflict"]
+#: Every action a step can have; the first four change the kernel's state.
+ACTIONS: tuple[Action, ...] = (
+    "register",
+    "replace",
+    "enable",
+    "remove",
+    "unchanged",
+    "skip",
+    "conflict",
+)
+_CHANGES = ACTIONS[:4]
+
 #: Where to look for QEMU when no directory is given (QEMU's script defaults
 #: to /usr/local/bin; distributions install to /usr/bin).
 SEARCH_DIRS = ("/usr/bin", "/usr/local/bin", "/usr/libexec/qemu-binfmt", "/bin")
 #: Suffixes tried when none is given: static first, it works inside containers.
 DEFAULT_SUFFIXES = ("-static", "")
-
-
-class InstallError(BinfmtError, RuntimeError):
-    """A plan that cannot be applied, or an apply that failed and was rolled back."""
 
 
 @attrs.frozen
@@ -101,7 +114,7 @@ class Step:
 
     #: ``register``, ``replace``, ``enable``, ``remove`` (the changes), or
     #: ``unchanged``, ``skip``, ``conflict`` (a name taken by a different entry).
-    action: str
+    action: Action = attrs.field(validator=attrs.validators.in_(ACTIONS))
     entry: Entry
     #: The QEMU target, when the step is about one.
     target: Optional[str] = None
@@ -112,7 +125,7 @@ class Step:
 
     @property
     def changes(self) -> bool:
-        return self.action in ("register", "replace", "enable", "remove")
+        return self.action in _CHANGES
 
     def to_dict(self, kernel: KernelRules) -> dict[str, Any]:
         platforms = list(qemu.get(self.target).platforms) if self.target else []
@@ -149,12 +162,13 @@ class Plan:
     def changes(self) -> tuple[Step, ...]:
         return tuple(s for s in self.steps if s.changes)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The plan's document (``names``: see :meth:`Finding.fix_text`)."""
         return {
             "procfs": self.procfs,
             "ok": self.ok,
             "steps": [s.to_dict(self.kernel) for s in self.steps],
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [f.to_dict(names) for f in self.findings],
         }
 
 
@@ -177,21 +191,6 @@ def find_interpreter(sig: qemu.Signature, options: InstallOptions) -> Optional[s
     return None
 
 
-def is_qemu_entry(entry: Entry) -> bool:
-    """Recognisably QEMU's: an ELF-architecture entry named or run like QEMU.
-
-    Rosetta, FEX, box64, WSLInterop and language runtimes are not, whatever
-    their names match.
-    """
-    interp = os.path.basename(entry.interpreter)
-    qemu_like = (
-        entry.name.startswith("qemu-")
-        or interp.startswith("qemu-")
-        or "/qemu-binfmt/" in entry.interpreter
-    )
-    return qemu_like and bool(qemu.identify(entry))
-
-
 # -- planning -------------------------------------------------------------------
 
 
@@ -206,7 +205,7 @@ def plan(
     """Decide how to register QEMU for ``targets`` (names, aliases, platforms or ``all``)."""
     rules = kernel or host.kernel
     sigs = qemu.resolve(targets)
-    explicit = not any(t.strip().lower() == "all" for t in targets)
+    explicit = "all" not in qemu.split_targets(targets)
     flags = options.flags
     steps: list[Step] = []
     findings: list[Finding] = []
@@ -214,17 +213,19 @@ def plan(
         findings.append(
             Finding(
                 "kernel-too-old",
-                "error",
-                "the F flag (--persistent) needs Linux 4.8 or newer; this kernel refuses it",
+                message="the F flag needs Linux 4.8 or newer; this kernel refuses it",
+                fix="upgrade the kernel, or leave out {persistent}",
+                options=("persistent",),
             )
         )
     if Flags.CREDENTIALS in flags:
         findings.append(
             Finding(
                 "credentials-flag",
-                "warning",
-                "--credential (C) runs a setuid binary's emulator with the binary's privileges: "
+                message="the C flag runs a setuid binary's emulator with the binary's privileges: "
                 "QEMU is not hardened for that, and any matching setuid-root file runs it as root",
+                fix="leave out {credential} unless setuid programs must keep their privileges",
+                options=("credential",),
             )
         )
     for sig in sigs:
@@ -251,7 +252,7 @@ def _plan_target(
     if native and not options.force:
         why = f"the host runs {sig.name} natively"
         if explicit:
-            why += " (--force registers it anyway)"
+            why += " (forcing registers it anyway)"
         return Step("skip", entry, sig.name, why)
     if interp is None:
         if not explicit:
@@ -260,22 +261,25 @@ def _plan_target(
         findings.append(
             Finding(
                 "interpreter-missing",
-                "error",
-                f"{sig.interpreter_name} not found in {where}: install QEMU "
-                "(e.g. Debian's qemu-user-static) or pass --qemu-path",
+                message=f"{sig.interpreter_name} not found in {where}",
+                fix="install QEMU (e.g. Debian's qemu-user-static), or give its directory "
+                "with {qemu_path}",
+                entry=entry.name,
+                options=("qemu_path",),
             )
         )
         return Step("register", entry, sig.name, "interpreter not found")
-    findings.extend(_check_interpreter(entry, options))
+    findings.extend(_check_interpreter(entry))
     findings.extend(_capture_findings(entry, host, options.force))
     for other in state.entries:
         if other.name != entry.name and other.enabled and sig in qemu.identify(other):
             findings.append(
                 Finding(
                     "shadows-entry",
-                    "warning",
-                    f"{entry.name} will be newer than {other.name!r}, which also runs {sig.name} "
-                    f"binaries ({other.interpreter}): {other.name!r} will no longer be used",
+                    message=f"{entry.name} will be newer than {other.name!r}, which also runs "
+                    f"{sig.name} binaries ({other.interpreter}): {other.name!r} will no longer "
+                    "be used",
+                    entry=other.name,
                 )
             )
     existing = state.get(entry.name)
@@ -291,10 +295,11 @@ def _plan_target(
         findings.append(
             Finding(
                 "name-conflict",
-                "error",
-                f"an entry named {entry.name!r} already exists and differs "
-                f"({existing.interpreter}, flags {existing.flags.letters or '-'}): "
-                "use --replace to replace it",
+                message=f"an entry named {entry.name!r} already exists and differs "
+                f"({existing.interpreter}, flags {existing.flags.letters or '-'})",
+                fix="{replace} replaces it",
+                entry=entry.name,
+                options=("replace",),
             )
         )
         return Step(
@@ -304,72 +309,30 @@ def _plan_target(
 
 
 def _capture_findings(entry: Entry, host: Host, force: bool) -> list[Finding]:
-    hijacked = host.captured_by(entry)
-    if not hijacked:
+    captured = host.captured_by(entry)
+    if not captured:
         return []
     return [
         Finding(
             "hijacks-native",
-            "warning" if force else "error",
-            f"{entry.name} would also match this host's own {', '.join(hijacked)} binaries: "
-            "every such exec would go to its interpreter (or loop with ELOOP)"
-            + ("" if force else "; --force registers it anyway"),
+            message=f"{entry.name} would also match this host's own "
+            f"{', '.join(captured)} binaries: every such exec would go to its interpreter "
+            "(or loop with ELOOP)",
+            severity="warning" if force else "error",
+            fix="" if force else "{force} registers it anyway",
+            entry=entry.name,
+            options=() if force else ("force",),
         )
     ]
 
 
-def _check_interpreter(entry: Entry, options: InstallOptions) -> list[Finding]:
-    path = entry.interpreter
-    found: list[Finding] = []
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        return [Finding("interpreter-missing", "error", f"{path}: {exc.strerror}")]
-    if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
-        return [Finding("interpreter-not-executable", "error", f"{path} is not an executable file")]
-    try:
-        info = details(path)
-    except (ElfError, OSError) as exc:
-        found.append(
-            Finding(
-                "interpreter-not-elf", "warning", f"{path} is not a readable ELF program ({exc})"
-            )
-        )
-    else:
-        if info.is_dynamic:
-            severity = "warning"
-            if options.persistent:
-                message = (
-                    f"{path} is dynamically linked (loader {info.interpreter}): with F "
-                    "the kernel opens it, but its loader and libraries are still looked "
-                    "up inside each container, where they are usually missing — use a "
-                    "static QEMU (qemu-user-static, --qemu-suffix -static)"
-                )
-            else:
-                message = f"{path} is dynamically linked: it cannot run inside containers"
-            found.append(Finding("interpreter-dynamic", severity, message))
-    if not options.persistent:
-        found.append(
-            Finding(
-                "no-fix-binary",
-                "warning",
-                f"without --persistent (F), {entry.name} works only where "
-                f"{path} exists: containers will fail with ENOENT",
-            )
-        )
-    if st.st_mode & 0o022 or st.st_uid != 0:
-        # With C it runs with setuid programs' privileges; without, it still runs
-        # every matching program of every user, root's included.
-        found.append(
-            Finding(
-                "writable-interpreter",
-                "error" if options.credential else "warning",
-                f"{path} can be changed by a non-root user, who would then control every "
-                "program it emulates"
-                + (", with their privileges (C)" if options.credential else ""),
-            )
-        )
-    return found
+def _check_interpreter(entry: Entry) -> list[Finding]:
+    return interpreter_findings(
+        entry,
+        inspect_interpreter(entry.interpreter),
+        emulator=True,
+        fix_binary_hint="",
+    )
 
 
 def plan_entries(
@@ -377,17 +340,14 @@ def plan_entries(
     *,
     state: State,
     host: Optional[Host] = None,
-    replace: bool = True,
     force: bool = False,
-    reason: str = "",
 ) -> Plan:
     """Plan registering ``entries`` as given (from binfmt.d files, say), in order.
 
     An identical entry is left alone (or enabled), one of the same name that
-    differs is replaced when ``replace`` (the file names it: that is asking by
-    name) and is a conflict otherwise. Entries of other names are never touched.
-    With ``host``, an entry that would capture the host's own binaries is an
-    error unless ``force``.
+    differs is replaced (the file names it: that is asking by name). Entries
+    of other names are never touched. With ``host``, an entry that would
+    capture the host's own binaries is an error unless ``force``.
     """
     steps: list[Step] = []
     findings: list[Finding] = []
@@ -395,7 +355,11 @@ def plan_entries(
     for entry in entries:
         if entry.name in seen:
             findings.append(
-                Finding("repeated-name", "error", f"{entry.name!r} is given twice; keep one")
+                Finding(
+                    "repeated-name",
+                    message=f"{entry.name!r} is given twice; keep one",
+                    entry=entry.name,
+                )
             )
             continue
         seen.add(entry.name)
@@ -403,21 +367,12 @@ def plan_entries(
             findings.extend(_capture_findings(entry, host, force))
         existing = state.get(entry.name)
         if existing is None:
-            steps.append(Step("register", entry, None, reason or "register"))
+            steps.append(Step("register", entry, None, "register"))
         elif existing.same_registration(entry):
-            action = "unchanged" if existing.enabled else "enable"
+            action: Action = "unchanged" if existing.enabled else "enable"
             steps.append(Step(action, entry, None, "already registered, identical", existing))
-        elif replace:
-            steps.append(Step("replace", entry, None, "replace the different entry", existing))
         else:
-            findings.append(
-                Finding(
-                    "name-conflict",
-                    "error",
-                    f"an entry named {entry.name!r} already exists and differs",
-                )
-            )
-            steps.append(Step("conflict", entry, None, "differs; not replaced", existing))
+            steps.append(Step("replace", entry, None, "replace the different entry", existing))
     return Plan(state.path, tuple(steps), tuple(findings))
 
 
@@ -442,14 +397,14 @@ def plan_uninstall(names: Iterable[str], *, all_qemu: bool = False, state: State
         except BinfmtError:
             findings.append(
                 Finding(
-                    "unknown-name", "error", f"no entry named {name!r}, and it is not a QEMU target"
+                    "unknown-name", message=f"no entry named {name!r}, and it is not a QEMU target"
                 )
             )
             continue
         matched = [e for e in state.entries if is_qemu_entry(e) and sig in qemu.identify(e)]
         if not matched:
             findings.append(
-                Finding("nothing-to-remove", "info", f"no QEMU entry for {sig.name} is registered")
+                Finding("nothing-to-remove", message=f"no QEMU entry for {sig.name} is registered")
             )
         for e in matched:
             chosen.setdefault(e.name, Step("remove", e, sig.name, f"QEMU entry for {sig.name}", e))
@@ -548,3 +503,60 @@ def _roll_back(done: list[tuple[str, Entry]], misc: BinfmtMisc) -> int:
                 if not entry.enabled:
                     misc.disable(entry.name)
     return len(done)
+
+
+@attrs.frozen
+class Outcome:
+    """What a changing command did: the plan, whether it was applied, and why not."""
+
+    plan: Plan
+    dry_run: bool
+    applied: bool = False
+    #: Why applying failed (everything was rolled back), if it did.
+    failure: Optional[str] = None
+
+    def error(self, names: Optional[Mapping[str, str]] = None) -> Optional[str]:
+        """The one-line error: the apply's failure, or the plan's first error and its fix.
+
+        ``names`` spells the options a fix names (:meth:`Finding.fix_text
+        <binfmt.findings.Finding.fix_text>`).
+        """
+        if self.failure is not None:
+            return self.failure
+        errors = [f for f in self.plan.findings if f.severity == "error"]
+        if not errors:
+            return None
+        fix = errors[0].fix_text(names)
+        more = len(errors) - 1
+        return (
+            errors[0].message
+            + (f"; {fix}" if fix else "")
+            + (f" (and {more} more error{'s' if more > 1 else ''})" if more else "")
+        )
+
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The plan's document, with ``dry_run``, ``applied`` and ``error``."""
+        doc = self.plan.to_dict(names)
+        doc.update(dry_run=self.dry_run, applied=self.applied, error=self.error(names))
+        return doc
+
+
+def carry_out(
+    misc: BinfmtMisc, make_plan: Callable[[State], Plan], *, dry_run: bool = False
+) -> Outcome:
+    """Plan against the current state and apply, under the writer lock; never raises for the plan.
+
+    Planning inside the lock means two runs at once cannot interleave: the
+    second plans against what the first registered. ``dry_run`` plans only.
+    """
+    applied = False
+    failure: Optional[str] = None
+    with lock(misc.path):
+        the_plan = make_plan(misc.state())
+        if not dry_run and the_plan.ok and the_plan.changes:
+            try:
+                apply(the_plan, misc, locked=True)
+                applied = True
+            except InstallError as exc:
+                failure = str(exc)
+    return Outcome(the_plan, dry_run, applied, failure)

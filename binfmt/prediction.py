@@ -1,66 +1,73 @@
 """Predict what ``execve`` does with a file: which handler, through what, and whether it works.
 
-:func:`predict` follows the kernel's exec path step by step (spec §4):
+This module holds the library's one model of the kernel's exec decision
+(spec §4), :class:`ExecModel`; :func:`predict` asks it about one file, and
+:func:`binfmt.scan.scan` about every file of a tree. Step by step:
 
 1. the file must be a regular file with an exec bit, on a mount without
    ``noexec`` (else ``EACCES``);
 2. binfmt_misc is asked first: if it is on, the newest enabled entry that
    matches the first bytes (or the extension of the path as given) wins,
    with no fallback to older entries;
-3. then ``#!`` scripts, whose interpreter is exec'd in turn;
-4. then ELF, which the kernel runs itself only for the architectures the host
-   runs natively;
+3. then ``#!`` scripts (:func:`parse_shebang`), whose interpreter is exec'd in turn;
+4. then ELF, which the kernel runs itself only for program types (ET_EXEC,
+   ET_DYN) of the architectures the host runs natively;
 5. otherwise ``ENOEXEC``, "exec format error".
 
 Every interpreter, script interpreter and dynamic loader is looked up inside
-``rootfs`` (the container's root) as the kernel would, except an ``F``
-entry's interpreter, which the kernel opened at registration. Each rewrite
-counts toward the kernel's limit of 5; the 6th gives ``ELOOP``.
+the root of the exec (``rootfs``, a container's root) as the kernel would
+(:func:`binfmt.rootfs.resolve`), except an ``F`` entry's interpreter, which
+the kernel opened at registration. Each rewrite counts toward the kernel's
+limit (:attr:`~binfmt.kernel.KernelRules.max_rewrites`); one more gives ``ELOOP``.
 
 The :class:`Verdict` names the handler, the entry, the interpreter, the argv
-it receives and the errno of a failing ``execve``, plus :class:`Finding` s
-that explain problems (a missing interpreter inside the container, a
-dynamically linked QEMU, a missing loader, shadowed entries, an entry that
-hijacks native binaries …). A verdict can also fail *after* a successful
-``execve``: an emulated dynamic binary whose loader is missing from the root
-starts QEMU, which then exits; :attr:`Verdict.runs` covers both.
+it receives and the errno of a failing ``execve``, plus
+:class:`~binfmt.findings.Finding` s that explain problems (a missing
+interpreter inside the container, a dynamically linked QEMU, a missing
+loader, shadowed entries, an entry that captures native binaries …). A
+verdict can also fail *after* a successful ``execve``: an emulated dynamic
+binary whose loader is missing from the root starts QEMU, which then exits;
+:attr:`Verdict.runs` covers both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno as errnos
 import os
 import stat
-from collections.abc import Sequence
-from typing import Any, Optional
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Literal, Optional
 
 import attrs
 
 from . import qemu
-from .elf import ElfDetails, ElfError, ElfHeader, NotElf, details, read_head
+from .elf import ElfHeader, NotElf, program_interpreter
 from .entry import Entry, Flags
+from .errors import BinfmtError, errno_name
+from .findings import Finding, Severity
 from .host import Host
 from .kernel import KernelRules
+from .matcher import Matcher
 from .procfs import BinfmtMisc, State
 from .rootfs import resolve
+from .text import decode
 
-__all__ = ["HANDLERS", "Finding", "Verdict", "predict"]
+__all__ = [
+    "HANDLERS",
+    "ExecFile",
+    "ExecModel",
+    "Handler",
+    "Shebang",
+    "Verdict",
+    "open_exec_file",
+    "parse_shebang",
+    "predict",
+]
 
+Handler = Literal["binfmt_misc", "script", "native", "none"]
 #: The handlers a verdict can name.
-HANDLERS = ("binfmt_misc", "script", "native", "none")
-SEVERITIES = ("info", "warning", "error")
-
-
-@attrs.frozen
-class Finding:
-    """One observation about an exec: a stable ``code``, a severity and a one-line message."""
-
-    code: str
-    severity: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "severity": self.severity, "message": self.message}
+HANDLERS: tuple[Handler, ...] = ("binfmt_misc", "script", "native", "none")
 
 
 @attrs.frozen
@@ -72,13 +79,14 @@ class Verdict:
     #: The path string passed to ``execve`` (what extension entries and argv see).
     exec_path: str
     #: ``"binfmt_misc"``, ``"script"``, ``"native"`` or ``"none"``.
-    handler: str
+    handler: Handler
     #: The binfmt_misc entry that matched, if any.
     entry: Optional[str] = None
     #: The program the kernel starts instead: the entry's or the script's
     #: interpreter, or a native binary's dynamic loader.
     interpreter: Optional[str] = None
-    #: The argv the interpreter (or the program) receives.
+    #: The argv the interpreter (or the program) receives; ``None`` when the
+    #: model was asked not to follow argv (a scan of many files).
     argv: Optional[tuple[str, ...]] = None
     #: The errno name ``execve`` fails with, or ``None`` if it succeeds.
     errno: Optional[str] = None
@@ -96,8 +104,15 @@ class Verdict:
         """The exec succeeds and nothing found stops the program from starting."""
         return self.errno is None and not any(f.severity == "error" for f in self.findings)
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form documented for ``binfmt check --json``."""
+    @property
+    def problem(self) -> Optional[Finding]:
+        """The error that decides a failure: the deepest one, where it happened."""
+        errors = [f for f in self.findings if f.severity == "error"]
+        return errors[-1] if errors else None
+
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, object]:
+        """The JSON form documented for ``binfmt check --json`` (``names``: see
+        :meth:`Finding.fix_text <binfmt.findings.Finding.fix_text>`)."""
         elf = None
         if self.elf is not None:
             h = self.elf
@@ -121,8 +136,542 @@ class Verdict:
             "argv": list(self.argv) if self.argv is not None else None,
             "errno": self.errno,
             "runs": self.runs,
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [f.to_dict(names) for f in self.findings],
         }
+
+
+# -- #! lines -------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Shebang:
+    """What ``binfmt_script`` reads from a ``#!`` line."""
+
+    #: The interpreter path, as the kernel opens it (relative paths are relative to the cwd).
+    interpreter: str
+    #: The one optional argument, passed before the script's path.
+    argument: Optional[str] = None
+
+
+def parse_shebang(head: bytes, buffer_size: int) -> Optional[Shebang]:
+    """binfmt_script's reading of ``#!interpreter [one argument]``, or ``None`` if it refuses.
+
+    ``head`` is the start of the file, ``buffer_size`` the kernel's buffer
+    (:attr:`~binfmt.kernel.KernelRules.buffer_size`).
+    """
+    if not head.startswith(b"#!"):
+        return None
+    body = head[2:buffer_size]
+    newline = body.find(b"\n")
+    line = (body[:newline] if newline >= 0 else body).strip(b" \t")
+    if not line:
+        return None
+    split = [i for i, c in enumerate(line) if c in b" \t"]
+    if split:
+        interp, arg = line[: split[0]], line[split[0] :].strip(b" \t")
+    else:
+        interp, arg = line, b""
+    if newline < 0 and len(head) >= buffer_size and not split:
+        # The interpreter name may be cut by the buffer: the kernel refuses.
+        return None
+    return Shebang(decode(interp), decode(arg) if arg else None)
+
+
+# -- the files the kernel opens ---------------------------------------------------------
+
+# Regular files ignore O_NONBLOCK; it keeps open() of a FIFO or a device from
+# waiting, and O_NOCTTY keeps a terminal from becoming ours.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+@attrs.frozen
+class ExecFile:
+    """A file as the kernel holds it once opened for exec: its mode and its first bytes."""
+
+    #: The path on this machine.
+    path: str
+    #: The open descriptor (valid inside :func:`open_exec_file`'s ``with``).
+    fd: int
+    mode: int
+    #: The first bytes, up to the kernel's buffer size (empty for non-regular files).
+    head: bytes
+
+    @property
+    def regular(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def noexec(self) -> bool:
+        """On a filesystem mounted ``noexec``."""
+        try:
+            return bool(os.fstatvfs(self.fd).f_flag & os.ST_NOEXEC)
+        except OSError:
+            return False
+
+    def program_interpreter(self, header: ElfHeader) -> Optional[str]:
+        """The ``PT_INTERP`` of this ELF file (:func:`binfmt.elf.program_interpreter`)."""
+        return program_interpreter(self.fd, header)
+
+
+@contextlib.contextmanager
+def open_exec_file(path: str, buffer_size: int, *, follow: bool = True) -> Iterator[ExecFile]:
+    """Open ``path`` without blocking and read its first ``buffer_size`` bytes.
+
+    A FIFO or device is opened (``O_NONBLOCK``) but not read. ``follow=False``
+    refuses a symlink at ``path`` (``ELOOP``). Raises the ``OSError`` of
+    ``open(2)`` or ``read(2)``.
+    """
+    fd = os.open(path, _OPEN_FLAGS | (0 if follow else os.O_NOFOLLOW))
+    try:
+        mode = os.fstat(fd).st_mode
+        head = os.read(fd, buffer_size) if stat.S_ISREG(mode) else b""
+        # One read gives everything for a regular file; loop only for the
+        # rare short read (a signal, some network filesystems).
+        while 0 < len(head) < buffer_size:
+            more = os.read(fd, buffer_size - len(head))
+            if not more:
+                break
+            head += more
+        yield ExecFile(path, fd, mode, head)
+    finally:
+        os.close(fd)
+
+
+# -- the model --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class _Loop:
+    """exec_binprm()'s bookkeeping across interpreter rewrites (fs/exec.c, 5.8+)."""
+
+    #: Rewrites done so far.
+    depth: int = 0
+    #: An O (or C) entry was used: the kernel keeps the original file for AT_EXECFD.
+    have_execfd: bool = False
+    #: That original file has been set aside; a further rewrite is ENOEXEC.
+    executable_set: bool = False
+
+
+#: Why an exec stops: the errno name ``execve`` returns, and the finding that explains it.
+_Stop = tuple[str, Finding]
+
+
+class ExecModel:
+    """The kernel's exec decision for one binfmt_misc state, host and root.
+
+    ``rootfs`` is the root the exec happens in (interpreters and loaders are
+    looked up there), ``cwd`` the working directory inside it (for relative
+    interpreter paths), ``kernel`` the rules (default: the host's).
+
+    With ``many_files``, the model is set up for judging a whole tree: each
+    interpreter's own verdict and each loader lookup is worked out once and
+    reused (the file system is assumed not to change meanwhile), and argv is
+    not followed (:attr:`Verdict.argv` is ``None``); every decision is the same.
+    """
+
+    def __init__(
+        self,
+        state: State,
+        host: Host,
+        *,
+        rootfs: str = "/",
+        cwd: str = "/",
+        kernel: Optional[KernelRules] = None,
+        many_files: bool = False,
+    ) -> None:
+        self.state = state
+        self.host = host
+        self.root = os.path.abspath(rootfs)
+        self.cwd = cwd
+        self.rules = kernel or host.kernel
+        self.matcher = Matcher(state)
+        self.many_files = many_files
+        self._interpreters: dict[tuple[str, str, _Loop, bool], Verdict] = {}
+        self._loaders: dict[str, Optional[OSError]] = {}
+        self._targets: dict[bytes, Optional[qemu.Signature]] = {}
+
+    # -- entry points ---------------------------------------------------------------
+
+    def exec(self, path: str, exec_path: str, argv: Optional[Sequence[str]] = None) -> Verdict:
+        """``execve(exec_path, argv)`` of the file at ``path`` (a path on this machine).
+
+        ``argv`` defaults to ``(exec_path,)``.
+        """
+        args = self._argv(exec_path, argv)
+        try:
+            with open_exec_file(path, self.rules.buffer_size) as file:
+                return self.judge(file, exec_path, args)
+        except OSError as exc:
+            return _unopened(path, exec_path, args, exc)
+
+    def judge(
+        self,
+        file: ExecFile,
+        exec_path: str,
+        argv: Optional[Sequence[str]] = None,
+        *,
+        as_executable: bool = False,
+    ) -> Verdict:
+        """The verdict for a file already opened with :func:`open_exec_file`.
+
+        ``as_executable`` judges a file without exec bits as if it had them:
+        what its format would need to run.
+        """
+        args = self._argv(exec_path, argv)
+        refusal = self._refusal(file, as_executable)
+        if refusal is not None:
+            return Verdict(
+                file.path, exec_path, "none", argv=args, errno="EACCES", findings=(refusal,)
+            )
+        return self._handle(file, exec_path, args, _Loop())
+
+    def _argv(self, exec_path: str, argv: Optional[Sequence[str]]) -> Optional[tuple[str, ...]]:
+        if self.many_files:
+            return None
+        return tuple(argv) if argv is not None else (exec_path,)
+
+    # -- the exec path --------------------------------------------------------------
+
+    def _refusal(self, file: ExecFile, as_executable: bool = False) -> Optional[Finding]:
+        """The kernel's checks when it opens a file for exec (do_open_execat): EACCES."""
+        if not file.regular:
+            kind = "directory" if stat.S_ISDIR(file.mode) else "special file"
+            return Finding("not-regular", message=f"{file.path} is a {kind}, not a file")
+        if not as_executable and (
+            not file.mode & 0o111 or (os.geteuid() != 0 and not os.access(file.path, os.X_OK))
+        ):
+            return Finding("not-executable", message=f"{file.path} has no exec permission")
+        if file.noexec:
+            return Finding("noexec-mount", message=f"{file.path} is on a filesystem mounted noexec")
+        return None
+
+    def _handle(
+        self, file: ExecFile, exec_path: str, argv: Optional[tuple[str, ...]], loop: _Loop
+    ) -> Verdict:
+        """search_binary_handler(): the formats in the kernel's order, for an opened file."""
+        head = file.head
+        elf, sig = self._identify(head)
+        base = Verdict(
+            file.path,
+            exec_path,
+            "none",
+            argv=argv,
+            elf=elf,
+            target=sig.name if sig is not None else None,
+            platform=sig.platforms[0] if sig is not None and sig.platforms else None,
+        )
+        # 1. binfmt_misc, consulted before any other format.
+        candidates = self.matcher.candidates(head, exec_path)
+        if candidates:
+            return self._via_binfmt_misc(base, file, candidates, loop)
+        # 2. scripts.
+        if head.startswith(b"#!"):
+            return self._via_script(base, head, loop)
+        # 3. ELF the kernel runs itself.
+        if elf is not None:
+            return self._via_elf(base, file, elf)
+        return _stopped(
+            base,
+            (
+                "ENOEXEC",
+                Finding(
+                    "unknown-format",
+                    message="not ELF, not a script, and no binfmt_misc entry matches: "
+                    "exec format error",
+                ),
+            ),
+        )
+
+    def _identify(self, head: bytes) -> tuple[Optional[ElfHeader], Optional[qemu.Signature]]:
+        try:
+            elf = ElfHeader.decode(head)
+        except NotElf:
+            return None, None
+        # The signatures compare e_ident, e_type, e_machine and (MIPS) e_flags.
+        key = head[4:20] + head[36:40]
+        if key not in self._targets:
+            self._targets[key] = qemu.match_header(head)
+        return elf, self._targets[key]
+
+    def _via_binfmt_misc(
+        self, base: Verdict, file: ExecFile, candidates: list[Entry], loop: _Loop
+    ) -> Verdict:
+        entry = candidates[0]
+        findings = [
+            Finding(
+                "shadowed-entry",
+                message=f"entry {other.name!r} also matches but is never used: "
+                f"{entry.name!r} is newer",
+                severity="info",
+                entry=other.name,
+            )
+            for other in candidates[1:]
+        ]
+        captured = self.host.captured_by(entry)
+        if captured:
+            findings.append(
+                Finding(
+                    "hijacks-native",
+                    message=f"entry {entry.name!r} also matches this host's native "
+                    f"{', '.join(captured)} binaries: every such exec goes to "
+                    f"{entry.interpreter!r}, and loops (ELOOP) if that is one of them",
+                    severity="warning",
+                    entry=entry.name,
+                )
+            )
+        argv = None
+        if base.argv is not None:
+            keep = base.argv[:1] if Flags.PRESERVE_ARGV0 in entry.flags else ()
+            argv = (entry.interpreter, base.exec_path, *keep, *base.argv[1:])
+        verdict = attrs.evolve(
+            base, handler="binfmt_misc", entry=entry.name, interpreter=entry.interpreter, argv=argv
+        )
+        located = self._locate(entry)
+        if isinstance(located, tuple):
+            return _stopped(verdict, located, findings)
+        if isinstance(located, Finding):  # an F interpreter that is gone: it still runs
+            return attrs.evolve(verdict, findings=(*findings, located))
+        child = self._interpreter(located, entry.interpreter, argv, loop, _sets_execfd(entry))
+        if child.handler == "native" and child.interpreter is not None:
+            findings.append(
+                Finding(
+                    "interpreter-dynamic",
+                    message=f"interpreter {entry.interpreter!r} is dynamically linked (loader "
+                    f"{child.interpreter}): inside a container whose root lacks its loader and "
+                    "libraries it fails even with F",
+                    fix="use a static build (qemu-user-static)",
+                    entry=entry.name,
+                )
+            )
+        findings.extend(_nested_problems(child))
+        verdict = attrs.evolve(verdict, errno=child.errno, findings=tuple(findings), next=child)
+        if child.errno is None and base.target is not None:
+            # An emulator resolves the guest binary's own loader in the same root.
+            verdict = self._check_loader(verdict, file, emulated=True)
+        return verdict
+
+    def _locate(self, entry: Entry) -> str | Finding | _Stop:
+        """Where the kernel finds an entry's interpreter, a warning (F, file gone), or why not."""
+        if Flags.FIX_BINARY in entry.flags:
+            # Opened at registration from the registering process's root; the
+            # kernel keeps using that file whatever the exec'ing root holds.
+            if os.path.exists(entry.interpreter):
+                return entry.interpreter
+            return Finding(
+                "interpreter-gone",
+                message=f"F entry {entry.name!r}: {entry.interpreter!r} no longer exists; "
+                "the kernel still runs the file it opened at registration (an old version after an "
+                "upgrade?), and registering the entry again would fail",
+                entry=entry.name,
+            )
+        try:
+            return resolve(self.root, entry.interpreter, cwd=self.cwd)
+        except OSError as exc:
+            return errno_name(exc.errno), Finding(
+                "interpreter-missing",
+                message=f"interpreter {entry.interpreter!r} of entry {entry.name!r} is not "
+                f"found{self._where()} ({exc.strerror}) and the entry lacks F",
+                fix="register the entry with F ({persistent}), so that the kernel opens the "
+                "interpreter once, at registration",
+                entry=entry.name,
+                options=("persistent",),
+            )
+
+    def _where(self) -> str:
+        return "" if self.root == "/" else f" inside {self.root}"
+
+    def _interpreter(
+        self,
+        host_path: str,
+        exec_path: str,
+        argv: Optional[tuple[str, ...]],
+        loop: _Loop,
+        sets_execfd: bool,
+    ) -> Verdict:
+        """The kernel opens the interpreter, counts one rewrite, and starts over with it."""
+        key = (host_path, exec_path, loop, sets_execfd)
+        if self.many_files and key in self._interpreters:
+            return self._interpreters[key]
+        try:
+            with open_exec_file(host_path, self.rules.buffer_size) as file:
+                refusal = self._refusal(file)
+                step = self._rewrite(loop, sets_execfd) if refusal is None else ("EACCES", refusal)
+                if isinstance(step, tuple):
+                    verdict = Verdict(
+                        host_path, exec_path, "none", argv=argv, errno=step[0], findings=(step[1],)
+                    )
+                else:
+                    verdict = self._handle(file, exec_path, argv, step)
+        except OSError as exc:
+            verdict = _unopened(host_path, exec_path, argv, exc)
+        if self.many_files:
+            self._interpreters[key] = verdict
+        return verdict
+
+    def _rewrite(self, loop: _Loop, sets_execfd: bool) -> _Loop | _Stop:
+        """One more interpreter rewrite (exec_binprm's loop): on, or ENOEXEC, or ELOOP."""
+        have = loop.have_execfd or (sets_execfd and self.rules.open_binary_no_rewrite)
+        if have and loop.executable_set:
+            return "ENOEXEC", Finding(
+                "open-binary-rewrite",
+                message="an O/C entry's interpreter is itself rewritten (a script or another "
+                "binfmt_misc match): since Linux 5.8 the kernel refuses with ENOEXEC",
+            )
+        depth = loop.depth + 1
+        if depth > self.rules.max_rewrites:
+            return "ELOOP", Finding(
+                "too-deep",
+                message=f"more than {self.rules.max_rewrites} interpreter rewrites "
+                "(an entry that matches its own interpreter?): the kernel gives ELOOP",
+            )
+        return _Loop(depth, have, loop.executable_set or have)
+
+    def _via_script(self, base: Verdict, head: bytes, loop: _Loop) -> Verdict:
+        shebang = parse_shebang(head, self.rules.buffer_size)
+        if shebang is None:
+            return _stopped(
+                attrs.evolve(base, handler="script"),
+                (
+                    "ENOEXEC",
+                    Finding(
+                        "bad-shebang",
+                        message="the #! line names no interpreter "
+                        "(or it does not fit the kernel's buffer)",
+                    ),
+                ),
+            )
+        interp = shebang.interpreter
+        argv = None
+        if base.argv is not None:
+            optional = (shebang.argument,) if shebang.argument is not None else ()
+            argv = (interp, *optional, base.exec_path, *base.argv[1:])
+        verdict = attrs.evolve(base, handler="script", interpreter=interp, argv=argv)
+        try:
+            host_path = resolve(self.root, interp, cwd=self.cwd)
+        except OSError as exc:
+            return _stopped(
+                verdict,
+                (
+                    errno_name(exc.errno),
+                    Finding(
+                        "script-interpreter-missing",
+                        message=f"script interpreter {interp!r} is not found{self._where()} "
+                        f"({exc.strerror})",
+                    ),
+                ),
+            )
+        child = self._interpreter(host_path, interp, argv, loop, sets_execfd=False)
+        return attrs.evolve(
+            verdict, errno=child.errno, findings=_nested_problems(child), next=child
+        )
+
+    def _via_elf(self, base: Verdict, file: ExecFile, elf: ElfHeader) -> Verdict:
+        # load_elf_binary() checks e_type before the architecture.
+        if not elf.is_executable_type:
+            return _stopped(
+                base,
+                (
+                    "ENOEXEC",
+                    Finding(
+                        "not-executable-elf",
+                        message=f"ELF type {elf.type} is not an executable or shared object",
+                    ),
+                ),
+            )
+        target = base.target
+        if target is None or not self.host.runs_natively(target):
+            what = target or elf.machine_name
+            return _stopped(
+                base,
+                (
+                    "ENOEXEC",
+                    Finding(
+                        "no-handler",
+                        message=f"{what} binary, which this host does not run natively, and no "
+                        "binfmt_misc entry matches: exec format error",
+                        fix=f"register an emulator for {target}" if target else "",
+                    ),
+                ),
+            )
+        return self._check_loader(attrs.evolve(base, handler="native"), file, emulated=False)
+
+    def _check_loader(self, verdict: Verdict, file: ExecFile, *, emulated: bool) -> Verdict:
+        """A dynamic binary's PT_INTERP must exist inside the root."""
+        assert verdict.elf is not None
+        try:
+            loader = file.program_interpreter(verdict.elf)
+        except (BinfmtError, OSError) as exc:
+            # The kernel refuses such a file; an emulator may read it differently.
+            severity: Severity = "warning" if emulated else "error"
+            finding = Finding(
+                "invalid-elf", message=f"cannot read the program headers: {exc}", severity=severity
+            )
+            return _stopped(verdict, (None if emulated else "ENOEXEC", finding), verdict.findings)
+        if loader is None:
+            return verdict
+        if not emulated:
+            verdict = attrs.evolve(verdict, interpreter=loader)
+        problem = self._find_loader(loader)
+        if problem is None:
+            return verdict
+        finding = Finding(
+            "loader-missing",
+            message=f"the binary's dynamic loader {loader} is not found{self._where()} "
+            f"({problem.strerror})",
+        )
+        return _stopped(
+            verdict, (None if emulated else errno_name(problem.errno), finding), verdict.findings
+        )
+
+    def _find_loader(self, loader: str) -> Optional[OSError]:
+        """Why ``loader`` cannot be opened in the root, or ``None`` (memoized for many files)."""
+        if self.many_files and loader in self._loaders:
+            return self._loaders[loader]
+        problem: Optional[OSError] = None
+        try:
+            resolve(self.root, loader)
+        except OSError as exc:
+            problem = exc
+        if self.many_files:
+            self._loaders[loader] = problem
+        return problem
+
+
+#: open(2) errors that mean the path does not lead to a file.
+_LOOKUP_ERRNOS = frozenset((errnos.ENOENT, errnos.ENOTDIR, errnos.ELOOP, errnos.ENAMETOOLONG))
+
+
+def _unopened(path: str, exec_path: str, argv: Optional[tuple[str, ...]], exc: OSError) -> Verdict:
+    """The verdict for a file that could not be opened (or read)."""
+    if exc.errno in _LOOKUP_ERRNOS:
+        finding = Finding("not-found", message=f"{path}: {exc.strerror}")
+    else:
+        finding = Finding("unreadable", message=f"cannot read {path}: {exc.strerror}")
+    return Verdict(
+        path, exec_path, "none", argv=argv, errno=errno_name(exc.errno), findings=(finding,)
+    )
+
+
+def _sets_execfd(entry: Entry) -> bool:
+    return Flags.OPEN_BINARY in entry.flags
+
+
+def _stopped(
+    verdict: Verdict,
+    stop: tuple[Optional[str], Finding],
+    before: Sequence[Finding] = (),
+) -> Verdict:
+    """``verdict`` ending in ``stop``: its errno (``None``: the exec itself works) and finding."""
+    errno, finding = stop
+    return attrs.evolve(verdict, errno=errno, findings=(*before, finding))
+
+
+def _nested_problems(child: Verdict) -> tuple[Finding, ...]:
+    """The interpreter's own errors and warnings, so the top verdict explains itself."""
+    return tuple(f for f in child.findings if f.severity != "info")
+
+
+# -- the function -----------------------------------------------------------------------
 
 
 def predict(
@@ -149,15 +698,13 @@ def predict(
         state = BinfmtMisc().state()
     if host is None:
         host = Host.detect()
-    rules = kernel or host.kernel
     root = os.path.abspath(rootfs)
     if exec_path is None:
         exec_path = _path_inside(root, path)
     if cwd is None:
         cwd = os.getcwd() if root == "/" else "/"
-    predictor = _Predictor(state, host, root, cwd, rules)
-    args = tuple(argv) if argv is not None else (exec_path,)
-    return predictor.exec(path, exec_path, args, _Loop())
+    model = ExecModel(state, host, rootfs=root, cwd=cwd, kernel=kernel)
+    return model.exec(path, exec_path, argv)
 
 
 def _path_inside(root: str, path: str) -> str:
@@ -170,351 +717,3 @@ def _path_inside(root: str, path: str) -> str:
     if rel.startswith(os.pardir):
         return path
     return "/" + rel
-
-
-def _errno(exc: OSError) -> str:
-    return errnos.errorcode.get(exc.errno or errnos.EIO, "EIO")
-
-
-@attrs.frozen
-class _Loop:
-    """exec_binprm()'s bookkeeping across interpreter rewrites (fs/exec.c, 5.8+)."""
-
-    #: Rewrites done so far.
-    depth: int = 0
-    #: An O (or C) entry was used: the kernel keeps the original file for AT_EXECFD.
-    have_execfd: bool = False
-    #: That original file has been set aside; a further rewrite is ENOEXEC.
-    executable_set: bool = False
-
-
-class _Predictor:
-    """One prediction: the state it reads and the limits it applies."""
-
-    def __init__(self, state: State, host: Host, root: str, cwd: str, rules: KernelRules) -> None:
-        self.state = state
-        self.host = host
-        self.root = root
-        self.cwd = cwd
-        self.rules = rules
-
-    # -- the exec path ----------------------------------------------------------
-
-    def exec(self, path: str, exec_path: str, argv: tuple[str, ...], loop: _Loop) -> Verdict:
-        base = Verdict(path=path, exec_path=exec_path, handler="none", argv=argv)
-        problem = self.check_file(path)
-        if problem is not None:
-            err, finding = problem
-            return attrs.evolve(base, errno=err, findings=(finding,))
-        try:
-            head = read_head(path, self.rules.buffer_size)
-        except OSError as exc:
-            return attrs.evolve(
-                base,
-                errno=_errno(exc),
-                findings=(Finding("unreadable", "error", f"cannot read {path}: {exc.strerror}"),),
-            )
-        elf, target, platform = _identify(head)
-        base = attrs.evolve(base, elf=elf, target=target, platform=platform)
-
-        # 1. binfmt_misc, consulted before any other format.
-        candidates = self.state.candidates(head, exec_path)
-        if candidates:
-            return self.via_binfmt_misc(base, head, candidates, loop)
-        # 2. scripts.
-        if head.startswith(b"#!"):
-            return self.via_script(base, head, loop)
-        # 3. ELF the kernel runs itself.
-        if elf is not None:
-            return self.via_elf(base, elf, target)
-        return attrs.evolve(
-            base,
-            errno="ENOEXEC",
-            findings=(
-                Finding(
-                    "unknown-format",
-                    "error",
-                    "not ELF, not a script, and no binfmt_misc entry matches: exec format error",
-                ),
-            ),
-        )
-
-    def check_file(self, path: str) -> Optional[tuple[str, Finding]]:
-        """The kernel's checks before any handler: a regular, executable file."""
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            return _errno(exc), Finding("not-found", "error", f"{path}: {exc.strerror}")
-        if not stat.S_ISREG(st.st_mode):
-            kind = "directory" if stat.S_ISDIR(st.st_mode) else "special file"
-            return "EACCES", Finding("not-regular", "error", f"{path} is a {kind}, not a file")
-        if not st.st_mode & 0o111 or (os.geteuid() != 0 and not os.access(path, os.X_OK)):
-            return "EACCES", Finding("not-executable", "error", f"{path} has no exec permission")
-        try:
-            if os.statvfs(path).f_flag & os.ST_NOEXEC:
-                return "EACCES", Finding(
-                    "noexec-mount", "error", f"{path} is on a filesystem mounted noexec"
-                )
-        except OSError:
-            pass
-        return None
-
-    def via_binfmt_misc(
-        self, base: Verdict, head: bytes, candidates: list[Entry], loop: _Loop
-    ) -> Verdict:
-        entry = candidates[0]
-        findings = [
-            Finding(
-                "shadowed-entry",
-                "info",
-                f"entry {other.name!r} also matches but is never used: {entry.name!r} is newer",
-            )
-            for other in candidates[1:]
-        ]
-        hijacked = self.host.captured_by(entry)
-        if hijacked:
-            findings.append(
-                Finding(
-                    "hijacks-native",
-                    "error",
-                    f"entry {entry.name!r} also matches this host's native "
-                    f"{', '.join(hijacked)} binaries: every such exec goes to "
-                    f"{entry.interpreter!r}, and loops (ELOOP) if that is one of them",
-                )
-            )
-        caller = base.argv or ()
-        keep = caller[:1] if Flags.PRESERVE_ARGV0 in entry.flags else ()
-        argv = (entry.interpreter, base.exec_path, *keep, *caller[1:])
-        verdict = attrs.evolve(
-            base, handler="binfmt_misc", entry=entry.name, interpreter=entry.interpreter, argv=argv
-        )
-        interp_path, problem = self.locate_interpreter(entry)
-        if problem is not None:
-            err, finding = problem
-            return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
-        assert interp_path is not None
-        if Flags.FIX_BINARY in entry.flags and not os.path.exists(interp_path):
-            # The kernel still holds the file it opened at registration: the exec
-            # works, but what runs can no longer be looked at.
-            findings.append(
-                Finding(
-                    "interpreter-gone",
-                    "warning",
-                    f"F entry {entry.name!r}: {entry.interpreter!r} no longer exists; the kernel "
-                    "still runs the file it opened at registration (an old version after an "
-                    "upgrade?), and registering the entry again would fail",
-                )
-            )
-            return attrs.evolve(verdict, findings=tuple(findings))
-        # The kernel opens the interpreter before it looks at its contents.
-        problem = self.check_file(interp_path)
-        if problem is not None:
-            err, finding = problem
-            return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
-        next_loop, stop = self.rewrite(loop, Flags.OPEN_BINARY in entry.flags)
-        if stop is not None:
-            err, finding = stop
-            return attrs.evolve(verdict, errno=err, findings=(*findings, finding))
-        child = self.exec(interp_path, entry.interpreter, argv, next_loop)
-        findings.extend(self.interpreter_findings(entry, child))
-        findings.extend(_nested_problems(child))
-        verdict = attrs.evolve(verdict, errno=child.errno, findings=tuple(findings), next=child)
-        if child.errno is None and base.target is not None:
-            # An emulator resolves the guest binary's own loader in the same root.
-            verdict = self.check_loader(verdict, emulated=True)
-        return verdict
-
-    def locate_interpreter(
-        self, entry: Entry
-    ) -> tuple[Optional[str], Optional[tuple[str, Finding]]]:
-        """Where the kernel finds an entry's interpreter, or why it does not."""
-        if Flags.FIX_BINARY in entry.flags:
-            # Opened at registration from the registering process's root;
-            # the kernel keeps using that file whatever the exec'ing root has.
-            return entry.interpreter, None
-        try:
-            return resolve(self.root, entry.interpreter, cwd=self.cwd), None
-        except OSError as exc:
-            where = "" if self.root == "/" else f" inside {self.root}"
-            return None, (
-                _errno(exc),
-                Finding(
-                    "interpreter-missing",
-                    "error",
-                    f"interpreter {entry.interpreter!r} of entry {entry.name!r} is not "
-                    f"found{where} ({exc.strerror}) and the entry lacks F: register it with F "
-                    "(--persistent) so the kernel opens it once, at registration",
-                ),
-            )
-
-    def rewrite(
-        self, loop: _Loop, sets_execfd: bool
-    ) -> tuple[_Loop, Optional[tuple[str, Finding]]]:
-        """One more interpreter rewrite, after its interpreter opened: ENOEXEC, ELOOP or on."""
-        have = loop.have_execfd or (sets_execfd and self.rules.open_binary_no_rewrite)
-        if have and loop.executable_set:
-            return loop, (
-                "ENOEXEC",
-                Finding(
-                    "open-binary-rewrite",
-                    "error",
-                    "an O/C entry's interpreter is itself rewritten (a script or another "
-                    "binfmt_misc match): since Linux 5.8 the kernel refuses with ENOEXEC",
-                ),
-            )
-        depth = loop.depth + 1
-        if depth > self.rules.max_rewrites:
-            return loop, (
-                "ELOOP",
-                Finding(
-                    "too-deep",
-                    "error",
-                    f"more than {self.rules.max_rewrites} interpreter rewrites "
-                    "(an entry that matches its own interpreter?): the kernel gives ELOOP",
-                ),
-            )
-        return _Loop(depth, have, loop.executable_set or have), None
-
-    def interpreter_findings(self, entry: Entry, child: Verdict) -> list[Finding]:
-        if child.handler != "native" or child.interpreter is None:
-            return []
-        return [
-            Finding(
-                "interpreter-dynamic",
-                "warning",
-                f"interpreter {entry.interpreter!r} is dynamically linked (loader "
-                f"{child.interpreter}): inside a container whose root lacks its loader and "
-                "libraries it fails even with F; use a static build (qemu-user-static)",
-            )
-        ]
-
-    def via_script(self, base: Verdict, head: bytes, loop: _Loop) -> Verdict:
-        parsed = _parse_shebang(head, self.rules.buffer_size)
-        if parsed is None:
-            return _fail(
-                attrs.evolve(base, handler="script"),
-                [],
-                "ENOEXEC",
-                "bad-shebang",
-                "the #! line names no interpreter (or it does not fit the kernel's buffer)",
-            )
-        interp, arg = parsed
-        optional = (arg,) if arg is not None else ()
-        argv = (interp, *optional, base.exec_path, *(base.argv or ())[1:])
-        verdict = attrs.evolve(base, handler="script", interpreter=interp, argv=argv)
-        try:
-            host_path = resolve(self.root, interp, cwd=self.cwd)
-        except OSError as exc:
-            where = "" if self.root == "/" else f" inside {self.root}"
-            return _fail(
-                verdict,
-                [],
-                _errno(exc),
-                "script-interpreter-missing",
-                f"script interpreter {interp!r} is not found{where} ({exc.strerror})",
-            )
-        problem = self.check_file(host_path)
-        if problem is not None:
-            err, finding = problem
-            return attrs.evolve(verdict, errno=err, findings=(finding,))
-        next_loop, stop = self.rewrite(loop, sets_execfd=False)
-        if stop is not None:
-            err, finding = stop
-            return attrs.evolve(verdict, errno=err, findings=(finding,))
-        child = self.exec(host_path, interp, argv, next_loop)
-        return attrs.evolve(
-            verdict, errno=child.errno, findings=_nested_problems(child), next=child
-        )
-
-    def via_elf(self, base: Verdict, elf: ElfHeader, target: Optional[str]) -> Verdict:
-        if target is None or not self.host.runs_natively(target):
-            what = f"{target} " if target else f"{elf.machine_name} "
-            how = f" (register one: binfmt install {target})" if target else ""
-            return _fail(
-                base,
-                [],
-                "ENOEXEC",
-                "no-handler",
-                f"{what}binary, which this host does not run natively, and no binfmt_misc "
-                f"entry matches: exec format error{how}",
-            )
-        if not elf.is_executable_type:
-            return _fail(
-                base,
-                [],
-                "ENOEXEC",
-                "not-executable-elf",
-                f"ELF type {elf.type} is not an executable or shared object",
-            )
-        verdict = attrs.evolve(base, handler="native")
-        return self.check_loader(verdict, emulated=False)
-
-    def check_loader(self, verdict: Verdict, *, emulated: bool) -> Verdict:
-        """A dynamic binary's PT_INTERP must exist inside the root."""
-        try:
-            info: ElfDetails = details(verdict.path)
-        except (ElfError, OSError) as exc:
-            severity = "warning" if emulated else "error"
-            finding = Finding("invalid-elf", severity, f"cannot read the program headers: {exc}")
-            if emulated:
-                return attrs.evolve(verdict, findings=(*verdict.findings, finding))
-            return attrs.evolve(verdict, errno="ENOEXEC", findings=(*verdict.findings, finding))
-        loader = info.interpreter
-        if loader is None:
-            return verdict
-        if not emulated:
-            verdict = attrs.evolve(verdict, interpreter=loader)
-        try:
-            resolve(self.root, loader)
-        except OSError as exc:
-            where = "" if self.root == "/" else f" inside {self.root}"
-            finding = Finding(
-                "loader-missing",
-                "error",
-                f"the binary's dynamic loader {loader} is not found{where} ({exc.strerror})",
-            )
-            errno_name = None if emulated else _errno(exc)
-            return attrs.evolve(verdict, errno=errno_name, findings=(*verdict.findings, finding))
-        return verdict
-
-
-def _nested_problems(child: Verdict) -> tuple[Finding, ...]:
-    """The interpreter's own errors and warnings, so the top verdict explains itself."""
-    return tuple(f for f in child.findings if f.severity != "info")
-
-
-def _fail(verdict: Verdict, findings: list[Finding], err: str, code: str, message: str) -> Verdict:
-    return attrs.evolve(verdict, errno=err, findings=(*findings, Finding(code, "error", message)))
-
-
-def _identify(head: bytes) -> tuple[Optional[ElfHeader], Optional[str], Optional[str]]:
-    try:
-        elf = ElfHeader.decode(head)
-    except NotElf:
-        return None, None, None
-    sig = qemu.match_header(head)
-    if sig is None:
-        return elf, None, None
-    return elf, sig.name, sig.platforms[0] if sig.platforms else None
-
-
-def _parse_shebang(head: bytes, buffer_size: int) -> Optional[tuple[str, Optional[str]]]:
-    """binfmt_script's reading of ``#!interpreter [one argument]``."""
-    body = head[2:buffer_size]
-    newline = body.find(b"\n")
-    line = (body[:newline] if newline >= 0 else body).strip(b" \t")
-    if not line:
-        return None
-    split = [i for i, c in enumerate(line) if c in b" \t"]
-    if split:
-        interp, arg = line[: split[0]], line[split[0] :].strip(b" \t")
-    else:
-        interp, arg = line, b""
-    if newline < 0 and len(head) >= buffer_size and not split:
-        # The interpreter name may be cut by the buffer: the kernel refuses.
-        return None
-    return _text(interp), (_text(arg) if arg else None)
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "surrogateescape")

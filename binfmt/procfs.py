@@ -7,23 +7,23 @@ on its own (spec §1.1), and every ``OSError`` comes back as a library error
 carrying the kernel's errno.
 
 **Fake trees.** A directory laid out like binfmt_misc, but made of ordinary
-files, is treated as a simulated kernel: the kernel's ``register`` file is
-write-only, a fake one is readable and lists the entry names in lookup
-order, newest first, one per line. Writes to a fake tree are carried out the
-way the kernel would (parse, refuse with the kernel's errno, create, enable,
-disable, remove), so code under test can run against it unchanged. Build one
-with :func:`binfmt.testing.make_fake_procfs`.
+files, is treated as a simulated kernel (:mod:`binfmt.fakekernel`): the
+kernel's ``register`` file is write-only, a fake one is readable and lists the
+entry names in lookup order. Which of the two a directory is, is decided once
+per :class:`BinfmtMisc`, the first time it is found mounted. Build one with
+:func:`binfmt.testing.make_fake_procfs`.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Optional, Union
 
 import attrs
 
+from . import text
 from .entry import Entry, Flags
 from .errors import (
     InvalidEntry,
@@ -32,13 +32,13 @@ from .errors import (
     NotMounted,
     PermissionDenied,
 )
+from .fakekernel import SPECIAL_FILES, FakeKernel, FakeRefusal, is_fake_tree, read_order
 from .kernel import KernelRules
 
 __all__ = ["DEFAULT_PATH", "BinfmtMisc", "State"]
 
 #: Where the kernel's binfmt_misc is mounted (by systemd, or ``mount -t binfmt_misc``).
 DEFAULT_PATH = "/proc/sys/fs/binfmt_misc"
-_SPECIAL = ("register", "status")
 
 
 @attrs.frozen
@@ -105,6 +105,8 @@ class BinfmtMisc:
         #: The directory: the kernel's mount, or a fake tree.
         self.path = os.fspath(path)
         self._kernel = kernel
+        self._fake: Optional[FakeKernel] = None
+        self._decided = False
 
     def __repr__(self) -> str:
         return f"BinfmtMisc({self.path!r})"
@@ -124,13 +126,17 @@ class BinfmtMisc:
         return os.path.isfile(self._file("status"))
 
     def is_fake(self) -> bool:
-        """A fake tree's ``register`` is a readable file; the kernel's is write-only."""
-        try:
-            with open(self._file("register"), "rb") as f:
-                f.read(1)
-        except OSError:
-            return False
-        return True
+        """Whether this is a fake tree (its ``register`` is readable; the kernel's is not)."""
+        return self._fake_kernel() is not None
+
+    def _fake_kernel(self) -> Optional[FakeKernel]:
+        """The simulated kernel of a fake tree, or ``None``: decided once, when mounted."""
+        if not self._decided:
+            if not self.is_mounted():
+                return None  # nothing there yet: decide when something is
+            self._fake = FakeKernel(self.path, self.kernel) if is_fake_tree(self.path) else None
+            self._decided = True
+        return self._fake
 
     def state(self) -> State:
         """Read everything: mount, global switch, entries in lookup order.
@@ -189,7 +195,7 @@ class BinfmtMisc:
 
     def _lookup_order(self) -> list[str]:
         try:
-            listing = [n for n in os.listdir(self.path) if n not in _SPECIAL]
+            listing = [n for n in os.listdir(self.path) if n not in SPECIAL_FILES]
         except PermissionError:
             raise PermissionDenied(self.path, "list") from None
         except FileNotFoundError:
@@ -197,7 +203,7 @@ class BinfmtMisc:
         if not self.is_fake():
             # The kernel lists entries newest first, which is its match order.
             return listing
-        listed = _read_order(self._file("register"))
+        listed = read_order(self._file("register"))
         present = set(listing)
         ordered = [n for n in listed if n in present]
         seen = set(ordered)
@@ -225,9 +231,9 @@ class BinfmtMisc:
             line = entry.to_register(self.kernel)
             name: Optional[str] = entry.name
         else:
-            line = entry.decode("utf-8", "surrogateescape") if isinstance(entry, bytes) else entry
+            line = text.decode(entry) if isinstance(entry, bytes) else entry
             name = _guess_name(line)
-        data = line.encode("utf-8", "surrogateescape")
+        data = text.encode(line)
         try:
             self._write("register", data)
         except OSError as exc:
@@ -254,7 +260,7 @@ class BinfmtMisc:
         self._command("status", b"-1", "remove all entries of")
 
     def _command(self, name: str, payload: bytes, action: str) -> None:
-        if name in _SPECIAL and name != "status":
+        if name in SPECIAL_FILES and name != "status":
             raise KernelError(errno.EINVAL, self._file(name), f"{name!r} is not an entry")
         try:
             self._write(name, payload)
@@ -274,8 +280,9 @@ class BinfmtMisc:
     def _write(self, name: str, data: bytes) -> None:
         """Exactly one ``write(2)`` of ``data`` to ``name`` (emulated on a fake tree)."""
         path = self._file(name)
-        if self.is_fake():
-            _FakeKernel(self.path, self.kernel).write(name, data)
+        fake = self._fake_kernel()
+        if fake is not None:
+            fake.write(name, data)
             return
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -291,7 +298,7 @@ class BinfmtMisc:
         who = f"entry {name!r}" if name else "the register line"
         if err == errno.ENOENT and not self.is_mounted():
             return NotMounted(self.path)
-        if err == errno.EACCES and not isinstance(exc, _FakeRefusal) and _is_open_error(exc):
+        if err == errno.EACCES and not isinstance(exc, FakeRefusal) and _is_open_error(exc):
             return PermissionDenied(path, "write to")
         interpreter, flags = _guess_interpreter_and_flags(line)
         fixed = flags is not None and Flags.FIX_BINARY in flags
@@ -314,10 +321,6 @@ class BinfmtMisc:
         else:
             msg = f"cannot register {who}"
         return KernelError(err, path, msg, name)
-
-
-class _FakeRefusal(OSError):
-    """An errno the fake kernel answers with (so EACCES is not taken for a permission problem)."""
 
 
 def _is_open_error(exc: OSError) -> bool:
@@ -346,113 +349,3 @@ def _guess_interpreter_and_flags(line: str) -> tuple[str, Optional[Flags]]:
     except InvalidEntry:
         return "", None
     return entry.interpreter, entry.flags
-
-
-def _read_order(path: str) -> list[str]:
-    with open(path, "rb") as f:
-        text = f.read().decode("utf-8", "surrogateescape")
-    return [line for line in text.split("\n") if line]
-
-
-def _write_order(path: str, names: Iterable[str]) -> None:
-    text = "".join(f"{n}\n" for n in names)
-    with open(path, "wb") as f:
-        f.write(text.encode("utf-8", "surrogateescape"))
-
-
-class _FakeKernel:
-    """The kernel's side of the writes, carried out on a fake tree (spec §1, §3)."""
-
-    def __init__(self, path: str, kernel: KernelRules) -> None:
-        self.path = path
-        self.kernel = kernel
-        self.order_file = os.path.join(path, "register")
-
-    def write(self, name: str, data: bytes) -> None:
-        if name == "register":
-            self._register(data)
-            return
-        target = os.path.join(self.path, name)
-        if not os.path.isfile(target):
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), target)
-        command = _parse_command(data)
-        if command is None:
-            return
-        if name == "status":
-            self._status(command)
-        else:
-            self._entry(name, command)
-
-    def _register(self, data: bytes) -> None:
-        try:
-            entry = Entry.parse(data, self.kernel)
-        except InvalidEntry as exc:
-            raise _FakeRefusal(exc.errno, os.strerror(exc.errno)) from None
-        order = self._order()
-        # Since 5.12 the F interpreter is opened before the name is looked up.
-        checks = [self._open_interpreter, self._lookup_name]
-        if not self.kernel.opens_interpreter_first:
-            checks.reverse()
-        for check in checks:
-            err = check(entry, order)
-            if err:
-                # Before 4.8 every refusal after parsing came back as EINVAL.
-                err = err if self.kernel.precise_errors else errno.EINVAL
-                raise _FakeRefusal(err, os.strerror(err))
-        self._save(entry)
-        _write_order(self.order_file, [entry.name, *order])
-
-    @staticmethod
-    def _open_interpreter(entry: Entry, order: list[str]) -> int:
-        if Flags.FIX_BINARY not in entry.flags:
-            return 0
-        interp = entry.interpreter
-        if not os.path.exists(interp):
-            return errno.ENOENT
-        if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
-            return errno.EACCES
-        return 0
-
-    @staticmethod
-    def _lookup_name(entry: Entry, order: list[str]) -> int:
-        return errno.EEXIST if entry.name in order else 0
-
-    def _status(self, command: str) -> None:
-        status = os.path.join(self.path, "status")
-        if command == "-1":
-            for name in self._order():
-                os.unlink(os.path.join(self.path, name))
-            _write_order(self.order_file, [])
-        else:
-            with open(status, "wb") as f:
-                f.write(b"enabled\n" if command == "1" else b"disabled\n")
-
-    def _entry(self, name: str, command: str) -> None:
-        if command == "-1":
-            os.unlink(os.path.join(self.path, name))
-            _write_order(self.order_file, [n for n in self._order() if n != name])
-            return
-        with open(os.path.join(self.path, name), "rb") as f:
-            entry = Entry.from_status(name, f.read())
-        self._save(attrs.evolve(entry, enabled=command == "1"))
-
-    def _order(self) -> list[str]:
-        return [
-            n for n in _read_order(self.order_file) if os.path.exists(os.path.join(self.path, n))
-        ]
-
-    def _save(self, entry: Entry) -> None:
-        with open(os.path.join(self.path, entry.name), "wb") as f:
-            f.write(entry.to_status().encode("utf-8", "surrogateescape"))
-
-
-def _parse_command(data: bytes) -> Optional[str]:
-    """parse_command(): ``0``, ``1`` or ``-1`` with one optional newline; empty does nothing."""
-    if len(data) > 3:
-        raise _FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))
-    if not data:
-        return None
-    body = data[:-1] if data.endswith(b"\n") else data
-    if body in (b"0", b"1", b"-1"):
-        return body.decode()
-    raise _FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))

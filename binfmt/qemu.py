@@ -25,20 +25,28 @@ from typing import Literal, Optional, Union
 
 import attrs
 
-from .entry import Entry, EntryType, Flags
-from .errors import UnknownTarget
+from .entry import Entry, EntryType, Flags, mask_bits, masked_key
+from .errors import InvalidValue, UnknownTarget
 
 __all__ = [
     "SIGNATURES",
     "UPSTREAM_COMMIT",
+    "Coverage",
     "Signature",
+    "coverage",
     "get",
     "identify",
+    "is_qemu_entry",
     "lookup",
     "match_header",
     "resolve",
+    "split_targets",
     "tests_same_bits",
 ]
+
+#: How much of a target's programs an entry matches: its ET_EXEC and ET_DYN
+#: headers both, one of them, or neither.
+Coverage = Literal["all", "some", "none"]
 
 #: The qemu/qemu commit whose ``scripts/qemu-binfmt-conf.sh`` the table follows.
 UPSTREAM_COMMIT = "1887cf2368189087fdf977fb8d09b5ad47cc7aea"
@@ -66,17 +74,19 @@ def _default_interpreter_name(sig: Signature) -> str:
 
 def _check_mask(sig: Signature, attribute: attrs.Attribute[bytes], mask: bytes) -> None:
     if len(mask) != len(sig.magic):
-        raise ValueError(
-            f"invalid mask for {sig.name!r}: {len(mask)} bytes but the magic has "
-            f"{len(sig.magic)}; they must be equal"
+        raise InvalidValue(
+            f"mask for {sig.name!r}",
+            mask.hex(),
+            f"{len(mask)} bytes but the magic has {len(sig.magic)}; they must be equal",
         )
 
 
 def _check_magic(sig: Signature, attribute: attrs.Attribute[bytes], magic: bytes) -> None:
     if len(magic) < 20 or not magic.startswith(_ELF_MAGIC):
-        raise ValueError(
-            f"invalid magic for {sig.name!r}: {magic.hex()!r} does not cover an ELF "
-            "header up to e_machine (20 bytes starting with 7f454c46)"
+        raise InvalidValue(
+            f"magic for {sig.name!r}",
+            magic.hex(),
+            "does not cover an ELF header up to e_machine (20 bytes starting with 7f454c46)",
         )
 
 
@@ -170,12 +180,8 @@ class Signature:
         every ``j``, with the header zero-padded when it is shorter than the
         magic (the kernel zero-fills its buffer past the end of the file).
         """
-        size = len(self.magic)
-        window = bytes(header[:size])
-        if len(window) < size:
-            window += bytes(size - len(window))
-        diff = int.from_bytes(window, "big") ^ int.from_bytes(self.magic, "big")
-        return diff & int.from_bytes(self.mask, "big") == 0
+        size, mask = len(self.magic), mask_bits(self.mask)
+        return masked_key(bytes(header), 0, size, mask) == masked_key(self.magic, 0, size, mask)
 
     def to_entry(
         self, interpreter: str, flags: Union[Flags, str] = "", name: Optional[str] = None
@@ -196,7 +202,7 @@ class Signature:
 
 def _check_range(field: str, value: int, maximum: int) -> None:
     if not 0 <= value <= maximum:
-        raise ValueError(f"invalid {field} {value!r}: must be between 0 and {maximum:#x}")
+        raise InvalidValue(field, value, f"must be between 0 and {maximum:#x}")
 
 
 _MICROBLAZE_DIFFERENCE = (
@@ -517,27 +523,37 @@ def lookup(text: str) -> Signature:
         raise _unknown(text, _index(), "target, alias or platform") from None
 
 
-def resolve(targets: Union[str, Iterable[str]]) -> list[Signature]:
-    """The signatures for several names (each as :func:`lookup` takes them), in order, once each.
+def split_targets(targets: Union[str, Iterable[str]]) -> list[str]:
+    """The names in a target list, in order: ``"arm64, riscv64"`` → ``["arm64", "riscv64"]``.
 
-    ``"all"`` stands for every signature in table order. A single string is
-    split on commas (``"arm64,riscv64"``), as is each item of an iterable;
-    empty pieces are skipped. Raises :class:`~binfmt.errors.UnknownTarget`
-    for the first name that is not known.
+    A single string is split on commas, as is each item of an iterable; blanks
+    around names and empty pieces are dropped; ``all`` (any case) is kept as
+    ``"all"``.
     """
     items = [targets] if isinstance(targets, str) else list(targets)
-    result: list[Signature] = []
-    seen: set[Signature] = set()
+    names = []
     for item in items:
         for piece in item.split(","):
             text = piece.strip()
-            if not text:
-                continue
-            found = SIGNATURES if text.lower() == "all" else (lookup(text),)
-            for sig in found:
-                if sig not in seen:
-                    seen.add(sig)
-                    result.append(sig)
+            if text:
+                names.append("all" if text.lower() == "all" else text)
+    return names
+
+
+def resolve(targets: Union[str, Iterable[str]]) -> list[Signature]:
+    """The signatures for a target list (:func:`split_targets`), in order, once each.
+
+    ``"all"`` stands for every signature in table order; every other name is
+    looked up with :func:`lookup`. Raises :class:`~binfmt.errors.UnknownTarget`
+    for the first name that is not known.
+    """
+    result: list[Signature] = []
+    seen: set[Signature] = set()
+    for name in split_targets(targets):
+        for sig in SIGNATURES if name == "all" else (lookup(name),):
+            if sig not in seen:
+                seen.add(sig)
+                result.append(sig)
     return result
 
 
@@ -567,22 +583,47 @@ def tests_same_bits(entry: Entry, sig: Signature) -> bool:
     return all((a ^ b) & m == 0 for a, b, m in zip(entry.magic, sig.magic, mask))
 
 
-def identify(entry: Entry) -> tuple[Signature, ...]:
-    """The targets an entry would run: those whose ET_EXEC and ET_DYN headers it both matches.
+def coverage(entry: Entry, sig: Signature) -> Coverage:
+    """Whether ``entry`` matches ``sig``'s programs: ``"all"``, ``"some"`` or ``"none"``.
 
-    The headers are :meth:`Signature.header` with ``e_type`` 2 and 3. Entries
-    that test exactly the signature's bits (same mask, same masked magic, at
-    offset 0) come first, then the others in table order. An extension entry,
-    or a magic entry for something other than these ELF targets, gives ``()``.
-    Too loose an entry (e.g. one that ignores ``e_machine``) lists many
-    targets.
+    The one definition of "this entry runs that target": the entry is tried
+    on :meth:`Signature.header` with ``e_type`` ET_EXEC (static programs) and
+    ET_DYN (PIE programs and shared objects).
+    """
+    if entry.type is not EntryType.MAGIC:
+        return "none"
+    hits = entry.matches(sig.header(_ET_EXEC)) + entry.matches(sig.header(_ET_DYN))
+    return "all" if hits == 2 else "some" if hits else "none"
+
+
+def identify(entry: Entry) -> tuple[Signature, ...]:
+    """The targets an entry runs: those whose programs it all matches (:func:`coverage`).
+
+    Entries that test exactly the signature's bits (same mask, same masked
+    magic, at offset 0) come first, then the others in table order. An
+    extension entry, or a magic entry for something other than these ELF
+    targets, gives ``()``. Too loose an entry (e.g. one that ignores
+    ``e_machine``) lists many targets.
     """
     if entry.type is not EntryType.MAGIC:
         return ()
-    found = [
-        sig
-        for sig in SIGNATURES
-        if entry.matches(sig.header(_ET_EXEC)) and entry.matches(sig.header(_ET_DYN))
-    ]
+    found = [sig for sig in SIGNATURES if coverage(entry, sig) == "all"]
     exact = [sig for sig in found if tests_same_bits(entry, sig)]
     return tuple(exact + [sig for sig in found if sig not in exact])
+
+
+def is_qemu_entry(entry: Entry) -> bool:
+    """Recognisably QEMU's: an entry for ELF targets, named or run like QEMU.
+
+    QEMU's script names its entries ``qemu-TARGET`` and runs ``qemu-TARGET``
+    binaries; Debian's packages run them through ``/usr/libexec/qemu-binfmt/``.
+    Rosetta, FEX, box64, WSLInterop and language runtimes are not QEMU's,
+    whatever their magic matches.
+    """
+    interp = entry.interpreter.rsplit("/", 1)[-1]
+    qemu_like = (
+        entry.name.startswith("qemu-")
+        or interp.startswith("qemu-")
+        or "/qemu-binfmt/" in entry.interpreter
+    )
+    return qemu_like and bool(identify(entry))

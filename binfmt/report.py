@@ -1,6 +1,9 @@
-"""The ``status`` report: a :class:`~binfmt.procfs.State` as JSON and as text.
+"""Every command's report: the ``status`` document, and the text of each command.
 
-The JSON document is a stable, documented schema (``docs/cli.rst``):
+Text goes through :mod:`binfmt.output` (escaping of every untrusted string,
+table layout); JSON documents are the ``to_dict()`` of the result types,
+except ``status``'s, which is built here. The ``status`` document is a
+stable, documented schema (``docs/cli.rst``):
 
 .. code-block:: text
 
@@ -21,27 +24,40 @@ matches.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Optional
 
 from . import qemu
-from .entry import Entry, EntryType
+from .entry import Entry, EntryType, Flags
 from .host import Host
+from .output import printable, table
 from .procfs import State
 
 if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
-    from .install import Plan
+    from .doctor import DoctorReport
+    from .findings import Finding
+    from .install import Outcome
     from .prediction import Verdict
+    from .scan import ScanReport
+    from .verify import VerifyReport
 
 __all__ = [
+    "doctor_text",
     "entry_document",
+    "finding_lines",
     "host_document",
     "nfd_features",
-    "plan_text",
+    "outcome_text",
     "runnable_platforms",
+    "scan_text",
     "status_document",
     "status_text",
     "verdict_text",
+    "verify_text",
 ]
+
+#: How options named by findings are shown (the command line passes its flags).
+OptionNames = Mapping[str, str]
 
 
 def entry_document(entry: Entry) -> dict[str, Any]:
@@ -112,30 +128,31 @@ def _matches_text(doc: dict[str, Any]) -> str:
 def runnable_platforms(state: State, host: Host) -> list[str]:
     """OCI platforms the node runs: natively, or through an enabled entry that can start.
 
-    For each target the host runs or some entry identifies, the entry the
-    kernel would pick for that target's programs decides: none means native
-    (if the host runs it), an entry counts when its interpreter is there or
-    held open by F. So a broken entry that captures native programs takes
-    their platform away. This reads files only; ``binfmt verify`` runs
-    programs to prove it.
+    For each target the host runs or some entry identifies, the entries the
+    kernel would pick for that target's programs (static and PIE,
+    :func:`binfmt.qemu.coverage`) decide: none means native (if the host runs
+    it), an entry counts when its interpreter is there or held open by F. So a
+    broken entry that captures native programs takes their platform away. This
+    reads files only; ``binfmt verify`` runs programs to prove it.
     """
-    import os
-
-    from .entry import Flags
+    from .health import inspect_interpreter
 
     targets = [qemu.get(t) for t in host.native]
     if state.mounted and state.enabled:
         for entry in state.entries:
             if entry.enabled:
                 targets.extend(sig for sig in qemu.identify(entry) if sig not in targets)
+
+    def starts(chosen: Optional[Entry], sig: qemu.Signature) -> bool:
+        if chosen is None:
+            return host.runs_natively(sig.name)
+        return Flags.FIX_BINARY in chosen.flags or (
+            inspect_interpreter(chosen.interpreter, elf=False).usable
+        )
+
     platforms: list[str] = []
     for sig in targets:
-        chosen = state.lookup(sig.header(2))
-        if chosen is None:
-            runs = host.runs_natively(sig.name)
-        else:
-            runs = Flags.FIX_BINARY in chosen.flags or os.access(chosen.interpreter, os.X_OK)
-        if runs:
+        if all(starts(state.lookup(sig.header(t)), sig) for t in (2, 3)):
             platforms.extend(p for p in sig.platforms if p not in platforms)
     return platforms
 
@@ -160,15 +177,13 @@ def nfd_features(state: State, host: Host, expiry: Optional[int] = None) -> str:
 
 def status_text(state: State, host: Host) -> str:
     """The human ``status`` report (an aligned table, one entry per row)."""
-    from .cli import printable
-
     doc = host_document(host)
     lines = []
     if not state.mounted:
-        lines.append(f"binfmt_misc: not mounted at {state.path}")
+        lines.append(f"binfmt_misc: not mounted at {printable(state.path)}")
     else:
         switch = "enabled" if state.enabled else "disabled (no entry is used)"
-        lines.append(f"binfmt_misc: mounted at {state.path}, {switch}")
+        lines.append(f"binfmt_misc: mounted at {printable(state.path)}, {switch}")
     native = ", ".join(doc["platforms"]) or "unknown"
     lines.append(f"host: {host.machine}, kernel {host.release}, runs natively: {native}")
     if host.unknown:
@@ -185,26 +200,41 @@ def status_text(state: State, host: Host) -> str:
                 e = entry_document(entry)
                 rows.append(
                     (
-                        printable(e["name"]),
+                        e["name"],
                         "yes" if e["enabled"] else "no",
-                        printable(_matches_text(e)),
-                        printable(e["interpreter"]),
+                        _matches_text(e),
+                        e["interpreter"],
                         e["flags"] or "-",
                     )
                 )
-            widths = [max(len(r[i]) for r in rows) for i in range(4)]
-            for row in rows:
-                cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
-                lines.append("  " + "  ".join(cells).rstrip())
+            lines += table(rows)
         for name in state.unreadable:
             lines.append(f"  {printable(name)}: cannot be read (permission denied)")
+    return _text(lines)
+
+
+def _text(lines: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def verdict_text(verdict: Verdict) -> str:
-    """One ``check`` result: a line for the file, its findings indented below."""
-    from .cli import printable
+def finding_lines(
+    finding: Finding, indent: str = "", options: Optional[OptionNames] = None
+) -> list[str]:
+    """A finding as ``severity: code [entry]: message``, and its fix below.
 
+    ``options`` maps the option names a finding gives (``"replace"``) to how
+    they are spelled where the report is read (``"--replace"``).
+    """
+    where = f" [{printable(finding.entry)}]" if finding.entry else ""
+    lines = [f"{indent}{finding.severity}: {finding.code}{where}: {printable(finding.message)}"]
+    fix = finding.fix_text(options)
+    if fix:
+        lines.append(f"{indent}    fix: {printable(fix)}")
+    return lines
+
+
+def verdict_text(verdict: Verdict, options: Optional[OptionNames] = None) -> str:
+    """One ``check`` result: a line for the file, its findings indented below."""
     if verdict.elf is not None:
         arch = verdict.platform or verdict.target or verdict.elf.machine_name
     elif verdict.handler == "script":
@@ -223,40 +253,111 @@ def verdict_text(verdict: Verdict) -> str:
         how = "no handler"
     outcome = "runs" if verdict.runs else f"FAILS ({verdict.errno})" if verdict.errno else "FAILS"
     lines = [f"{printable(verdict.path)}: {arch}: {how}: {outcome}"]
-    lines.extend(f"    {f.severity}: {f.code}: {printable(f.message)}" for f in verdict.findings)
-    return "\n".join(lines) + "\n"
+    for finding in verdict.findings:
+        lines += finding_lines(finding, "    ", options)
+    return _text(lines)
 
 
-def plan_text(plan: Plan, *, dry_run: bool, applied: bool) -> str:
-    """An install/uninstall plan: one row per step, findings, then what happened."""
-    from .cli import printable
-
-    lines = [f"binfmt_misc at {plan.procfs}:"]
+def outcome_text(outcome: Outcome, options: Optional[OptionNames] = None) -> str:
+    """An install/uninstall/load plan: one row per step, findings, then what happened."""
+    plan = outcome.plan
+    lines = [f"binfmt_misc at {printable(plan.procfs)}:"]
     rows = []
     for step in plan.steps:
         doc = step.to_dict(plan.kernel)
         platform = doc["platforms"][0] if doc["platforms"] else "-"
-        rows.append((step.action, printable(step.entry.name), platform, printable(step.reason)))
-    if rows:
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        for row in rows:
-            cells = [row[i].ljust(widths[i]) for i in range(3)] + [row[3]]
-            lines.append("  " + "  ".join(cells).rstrip())
-    else:
-        lines.append("  nothing to do")
+        rows.append((step.action, step.entry.name, platform, step.reason))
+    lines += table(rows) if rows else ["  nothing to do"]
     for finding in plan.findings:
-        lines.append(f"  {finding.severity}: {finding.code}: {printable(finding.message)}")
+        lines += finding_lines(finding, "  ", options)
     changes = plan.changes
     registering = [s for s in changes if s.action in ("register", "replace")]
-    if dry_run and plan.ok and changes:
+    if outcome.dry_run and plan.ok and changes:
         if registering:
             lines.append("register lines (dry run, nothing written):")
             lines.extend("  " + printable(s.entry.to_register(plan.kernel)) for s in registering)
         else:
             lines.append("dry run: nothing written")
-    elif applied:
+    elif outcome.applied:
         noun = "change" if len(changes) == 1 else "changes"
         lines.append(f"done: {len(changes)} {noun} applied")
     elif not changes and plan.ok:
         lines.append("nothing to change")
-    return "\n".join(lines) + "\n"
+    return _text(lines)
+
+
+def verify_text(report: VerifyReport, options: Optional[OptionNames] = None) -> str:
+    """The human verify report: one row per target, and the reasons below each failure."""
+    if report.enabled is None:
+        switch = "not mounted"
+    else:
+        switch = "enabled" if report.enabled else "disabled"
+    where = f"chrooted into {report.rootfs}" if report.rootfs else "on this machine's root"
+    lines = [f"binfmt_misc: {switch}; probes run {printable(where)}"]
+    if not report.results:
+        return _text([*lines, "no targets to verify"])
+    rows = [("TARGET", "PLATFORM", "STATUS", "VIA", "DETAIL")]
+    notes: list[list[str]] = [[]]
+    for r in report.results:
+        via = "kernel" if r.status == "native" else r.entry or "-"
+        rows.append((r.target, r.platforms[0] if r.platforms else "-", r.status, via, r.detail))
+        below = []
+        if not r.ok:
+            for f in r.findings:
+                if f.severity != "info" and f.message != r.detail:
+                    below.append(f"    {f.severity}: {printable(f.message)}")
+        notes.append(below)
+    for row, below in zip(table(rows, indent=""), notes):
+        lines.append(row)
+        lines += below
+    good = [r for r in report.results if r.ok]
+    native = sum(1 for r in good if r.status == "native")
+    lines.append(
+        f"{len(good)} of {len(report.results)} targets run ({native} native); "
+        f"supported: {', '.join(report.supported) or 'none'}"
+    )
+    return _text(lines)
+
+
+def scan_text(report: ScanReport) -> str:
+    """The human scan report: counts by platform, kind and via, then the failing files."""
+    lines = [f"{printable(report.root)}: {report.examined} files examined in {report.seconds:.2f}s"]
+    rows = [("PLATFORM", "KIND", "VIA", "FILES")]
+    rows += [(p, k, v or "-", str(n)) for (p, k, v), n in report.summary]
+    lines += table(rows)
+    skipped = ", ".join(f"{n} {what}" for what, n in report.skipped if n)
+    if skipped:
+        lines.append(f"not examined: {skipped}")
+    if report.failures_total:
+        lines.append(f"{report.failures_total} would fail:")
+        for f in report.failures:
+            via = f" via {printable(f.via)}" if f.via else ""
+            lines.append(
+                f"  {printable(f.path)}: {printable(f.platform)}{via}: {f.reason}: "
+                f"{printable(f.message)}"
+            )
+        if report.failures_total > len(report.failures):
+            lines.append(f"  … and {report.failures_total - len(report.failures)} more")
+    else:
+        lines.append("nothing would fail")
+    return _text(lines)
+
+
+def doctor_text(report: DoctorReport, options: Optional[OptionNames] = None) -> str:
+    """Doctor's findings, worst first, each with its fix, then the verdict."""
+    from .findings import SEVERITIES
+
+    lines = []
+    for p in sorted(report.problems, key=lambda p: -SEVERITIES.index(p.severity)):
+        lines += finding_lines(p, "", options)
+    verdict = {0: "healthy", 1: "works, with warnings", 2: "broken"}[report.exit_status]
+    parts = ", ".join(
+        _count(sum(p.severity == severity for p in report.problems), noun)
+        for severity, noun in (("error", "error"), ("warning", "warning"), ("info", "note"))
+    )
+    lines.append(f"{printable(report.procfs)}: {verdict} ({parts})")
+    return _text(lines)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")

@@ -28,14 +28,10 @@ from typing import IO, Any, Optional
 
 import attrs
 
-from .errors import BinfmtError
+from .errors import SandboxUnavailable
 from .procfs import BinfmtMisc
 
 __all__ = ["ExecResult", "Sandbox", "SandboxUnavailable", "sandbox_unavailable_reason"]
-
-
-class SandboxUnavailable(BinfmtError, RuntimeError):
-    """This machine cannot create a private binfmt_misc instance."""
 
 
 @attrs.frozen

@@ -3,15 +3,16 @@
 :func:`scan` walks a tree (an extracted image, or any directory) and
 classifies every regular file with an exec bit — every ELF file too with
 ``all_files`` (those without an exec bit are judged as if they had one: what
-their platform would need) — the way :func:`binfmt.prediction.predict` would, but built for
-hundreds of thousands of files:
+their platform would need). Every decision is :class:`~binfmt.prediction.ExecModel`'s,
+the model behind :func:`~binfmt.predict`, so a file's verdict in a scan is the
+verdict ``predict`` gives it; the scan adds what a whole tree needs:
 
 - one ``open``/``read(256)``/``close`` per file, and a struct decode of the
   ELF header (no pyelftools on this path);
 - binfmt_misc lookups through a compiled :class:`~binfmt.matcher.Matcher`
   (one dict probe per distinct mask, not one test per entry);
-- ``PT_INTERP`` read with two ``pread`` calls, and each loader, interpreter
-  and entry judged once and cached.
+- ``PT_INTERP`` read with two ``pread`` calls, and each loader and each
+  interpreter (with its place in the rewrite chain) judged once and reused.
 
 It is safe on hostile trees: symlinks are never followed (a link is counted,
 not entered or read), files are opened with ``O_NOFOLLOW|O_NONBLOCK`` so a
@@ -26,31 +27,38 @@ from __future__ import annotations
 import errno as errnos
 import os
 import queue
-import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Literal, Optional
 
 import attrs
 
-from . import qemu
-from .elf import ElfHeader, NotElf, program_interpreter
-from .entry import Entry
-from .errors import BinfmtError
+from .errors import InvalidValue
 from .host import Host
-from .matcher import Matcher
-from .prediction import Verdict, _Loop, _parse_shebang, _Predictor
+from .prediction import ExecModel, Verdict, open_exec_file
 from .procfs import State
-from .rootfs import resolve
 
-__all__ = ["KINDS", "FileResult", "ScanReport", "scan"]
+__all__ = ["KINDS", "FileResult", "Kind", "ScanReport", "classify", "scan"]
 
+Kind = Literal["native", "emulated", "script", "fails", "other"]
 #: What a file is found to be.
-KINDS = ("native", "emulated", "script", "fails", "other")
+KINDS: tuple[Kind, ...] = ("native", "emulated", "script", "fails", "other")
 
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+_RUNS_AS: dict[str, Kind] = {"native": "native", "binfmt_misc": "emulated", "script": "script"}
+# Refusals that say "this is not a program at all", not "this program fails".
+_NOT_PROGRAMS = ("unknown-format", "not-executable-elf")
+
+
+def classify(verdict: Verdict) -> Kind:
+    """What a scan calls a file, from its verdict."""
+    if verdict.runs:
+        return _RUNS_AS[verdict.handler]
+    problem = verdict.problem
+    if verdict.handler == "none" and problem is not None and problem.code in _NOT_PROGRAMS:
+        return "other"
+    return "fails"
 
 
 @attrs.frozen
@@ -60,15 +68,40 @@ class FileResult:
     #: The path inside the scanned root (``/usr/bin/ls``).
     path: str
     #: One of :data:`KINDS`.
-    kind: str
+    kind: Kind
     #: OCI platform, or the QEMU target / machine name when there is none;
     #: ``"script"`` for scripts, ``"-"`` for other files.
     platform: str = "-"
-    #: The binfmt_misc entry (emulated), script interpreter, or loader involved.
+    #: The binfmt_misc entry (emulated) or script interpreter involved.
     via: Optional[str] = None
-    #: For failures: a stable code (``no-handler``, ``loader-missing`` …) and why.
+    #: For failures: the code of the finding that decides it
+    #: (:data:`binfmt.findings.CODES`: ``no-handler``, ``loader-missing`` …) and its message.
     reason: Optional[str] = None
     message: str = ""
+    #: The verdict behind it (not part of the JSON document).
+    verdict: Optional[Verdict] = attrs.field(default=None, eq=False, repr=False)
+
+    @classmethod
+    def of(cls, path: str, verdict: Verdict) -> FileResult:
+        """The result for the file at ``path`` (inside the root) with this verdict."""
+        if verdict.elf is not None:
+            platform = verdict.platform or verdict.target or verdict.elf.machine_name
+        elif verdict.handler == "script":
+            platform = "script"
+        else:
+            platform = "-"
+        via = {"binfmt_misc": verdict.entry, "script": verdict.interpreter}.get(verdict.handler)
+        kind = classify(verdict)
+        problem = verdict.problem if kind == "fails" else None
+        return cls(
+            path,
+            kind,
+            platform,
+            via,
+            problem.code if problem is not None else None,
+            problem.message if problem is not None else "",
+            verdict,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -115,27 +148,6 @@ class ScanReport:
             "seconds": round(self.seconds, 3),
         }
 
-    def text(self) -> str:
-        lines = [f"{self.root}: {self.examined} files examined in {self.seconds:.2f}s"]
-        rows = [("PLATFORM", "KIND", "VIA", "FILES")]
-        rows += [(p, k, v or "-", str(n)) for (p, k, v), n in self.summary]
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            lines.append("  " + "  ".join(row[i].ljust(widths[i]) for i in range(4)).rstrip())
-        skipped = ", ".join(f"{n} {what}" for what, n in self.skipped if n)
-        if skipped:
-            lines.append(f"not examined: {skipped}")
-        if self.failures_total:
-            lines.append(f"{self.failures_total} would fail:")
-            for f in self.failures:
-                via = f" via {f.via}" if f.via else ""
-                lines.append(f"  {f.path}: {f.platform}{via}: {f.reason}: {f.message}")
-            if self.failures_total > len(self.failures):
-                lines.append(f"  … and {self.failures_total - len(self.failures)} more")
-        else:
-            lines.append("nothing would fail")
-        return "\n".join(lines) + "\n"
-
 
 def scan(
     rootfs: str,
@@ -156,12 +168,14 @@ def scan(
     ``progress``, when given (the CLI passes stderr if it is a terminal),
     gets a self-overwriting progress line. ``on_result`` is called with every
     file's :class:`FileResult` as it is classified (from the scanning thread).
+    Raises :class:`~binfmt.errors.InvalidValue` for a ``rootfs`` that is not a
+    directory or ``jobs`` below 1.
     """
     root = os.path.abspath(rootfs)
     if not os.path.isdir(root):
-        raise NotADirectoryError(errnos.ENOTDIR, f"{rootfs} is not a directory", rootfs)
+        raise InvalidValue("rootfs", rootfs, "not a directory")
     if jobs < 1:
-        raise ValueError(f"invalid jobs {jobs}: must be at least 1")
+        raise InvalidValue("jobs", jobs, "must be at least 1")
     scanner = _Scanner(root, state, host, all_files, max_listed, progress, on_result)
     started = time.perf_counter()
     if jobs == 1:
@@ -185,11 +199,8 @@ class _Scanner:
     ) -> None:
         self.root = root
         self.on_result = on_result
-        self.host = host
-        self.rules = host.kernel
-        self.state = state
-        self.matcher = Matcher(state)
-        self.predictor = _Predictor(state, host, root, "/", self.rules)
+        self.model = ExecModel(state, host, rootfs=root, many_files=True)
+        self.buffer_size = self.model.rules.buffer_size
         self.all_files = all_files
         self.max_listed = max_listed
         self.progress = progress
@@ -199,10 +210,6 @@ class _Scanner:
         self.examined = 0
         self.skipped: Counter[str] = Counter()
         self.unreadable: list[str] = []
-        self._targets: dict[bytes, Optional[qemu.Signature]] = {}
-        self._loaders: dict[str, Optional[str]] = {}
-        self._entries: dict[str, tuple[Optional[str], str]] = {}
-        self._interpreters: dict[str, FileResult] = {}
         self._last_progress = 0.0
         self.lock = threading.Lock()
 
@@ -282,7 +289,15 @@ class _Scanner:
 
     def _examine(self, path: str) -> None:
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            with open_exec_file(path, self.buffer_size, follow=False) as file:
+                if not file.regular:
+                    self._skip("special files")
+                    return
+                executable = bool(file.mode & 0o111)
+                if not executable and not file.head.startswith(b"\x7fELF"):
+                    return  # --all: only ELF files without exec bits are judged
+                inside = self._inside(path)
+                verdict = self.model.judge(file, inside, as_executable=not executable)
         except FileNotFoundError:
             self._skip("vanished")
             return
@@ -292,186 +307,12 @@ class _Scanner:
             else:
                 self._unreadable(path)
             return
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                self._skip("special files")
-                return
-            head = os.read(fd, self.rules.buffer_size)
-            if self.all_files and not st.st_mode & 0o111 and not head.startswith(b"\x7fELF"):
-                return
-            result = self.classify(self._inside(path), head, fd, st.st_mode, 0)
-        except OSError:
-            self._unreadable(path)
-            return
-        finally:
-            os.close(fd)
-        self._count(result)
+        self._count(FileResult.of(inside, verdict))
         self._tick()
 
     def _inside(self, path: str) -> str:
         rel = path[len(self.root) :]
         return rel if rel.startswith("/") else "/" + rel
-
-    # -- classifying ----------------------------------------------------------------
-
-    def classify(self, path: str, head: bytes, fd: int, mode: int, depth: int) -> FileResult:
-        header: Optional[ElfHeader] = None
-        sig: Optional[qemu.Signature] = None
-        platform = "-"
-        if head.startswith(b"\x7fELF"):
-            try:
-                header = ElfHeader.decode(head)
-            except NotElf:
-                header = None
-            else:
-                sig = self._target(head)
-                platform = _platform_name(sig, header)
-        entry = self.matcher.lookup(head, path)
-        if entry is not None:
-            return self._emulated(path, entry, header, sig, platform, fd)
-        if head.startswith(b"#!"):
-            return self._script(path, head, depth)
-        if header is None or not header.is_executable_type:
-            return FileResult(path, "other", platform)
-        if sig is None or not self.host.runs_natively(sig.name):
-            return FileResult(
-                path,
-                "fails",
-                platform,
-                reason="no-handler",
-                message=f"{platform} binary: not native here and no binfmt_misc entry matches",
-            )
-        code, problem = self._loader_problem(fd, header)
-        if code is not None:
-            return FileResult(path, "fails", platform, reason=code, message=problem)
-        return FileResult(path, "native", platform)
-
-    def _emulated(
-        self,
-        path: str,
-        entry: Entry,
-        header: Optional[ElfHeader],
-        sig: Optional[qemu.Signature],
-        platform: str,
-        fd: int,
-    ) -> FileResult:
-        err, message = self._entry_verdict(entry)
-        if err is not None:
-            return FileResult(path, "fails", platform, entry.name, err, message)
-        if header is not None and sig is not None:
-            # The emulator loads the binary's own PT_INTERP from the same root; a
-            # header it cannot read is the emulator's problem, not a sure failure.
-            code, problem = self._loader_problem(fd, header)
-            if code == "loader-missing":
-                return FileResult(path, "fails", platform, entry.name, code, problem)
-        return FileResult(path, "emulated", platform, entry.name)
-
-    def _script(self, path: str, head: bytes, depth: int) -> FileResult:
-        parsed = _parse_shebang(head, self.rules.buffer_size)
-        if parsed is None:
-            return FileResult(
-                path,
-                "fails",
-                "script",
-                reason="bad-shebang",
-                message="the #! line names no interpreter",
-            )
-        interp = parsed[0]
-        inner = self._interpreter(interp, depth + 1)
-        if inner.kind == "fails":
-            return FileResult(
-                path,
-                "fails",
-                "script",
-                interp,
-                inner.reason,
-                f"interpreter {interp}: {inner.message}",
-            )
-        if inner.kind == "other":
-            return FileResult(
-                path,
-                "fails",
-                "script",
-                interp,
-                "script-interpreter-not-executable",
-                f"interpreter {interp} is not an executable format",
-            )
-        return FileResult(path, "script", "script", interp)
-
-    def _interpreter(self, interp: str, depth: int) -> FileResult:
-        cached = self._interpreters.get(interp)
-        if cached is not None:
-            return cached
-        result = self._judge_interpreter(interp, depth)
-        self._interpreters[interp] = result
-        return result
-
-    def _judge_interpreter(self, interp: str, depth: int) -> FileResult:
-        if depth > self.rules.max_rewrites:
-            return FileResult(interp, "fails", reason="too-deep", message="too many rewrites")
-        try:
-            host_path = resolve(self.root, interp)
-            fd = os.open(host_path, _OPEN_FLAGS & ~os.O_NOFOLLOW)
-        except OSError as exc:
-            return FileResult(
-                interp,
-                "fails",
-                reason="script-interpreter-missing",
-                message=f"not found in the root ({exc.strerror})",
-            )
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
-                return FileResult(
-                    interp, "fails", reason="not-executable", message="not an executable file"
-                )
-            head = os.read(fd, self.rules.buffer_size)
-            return self.classify(interp, head, fd, st.st_mode, depth)
-        finally:
-            os.close(fd)
-
-    def _entry_verdict(self, entry: Entry) -> tuple[Optional[str], str]:
-        """Whether an entry's interpreter starts in this root: judged once per entry."""
-        cached = self._entries.get(entry.name)
-        if cached is None:
-            probe = Verdict(path="", exec_path="/", handler="none", argv=("/",))
-            verdict = self.predictor.via_binfmt_misc(probe, b"", [entry], _Loop())
-            errors = [
-                f for f in verdict.findings if f.severity == "error" and f.code != "hijacks-native"
-            ]
-            if verdict.errno is None:
-                cached = (None, "")
-            else:
-                code = errors[-1].code if errors else verdict.errno
-                message = errors[-1].message if errors else f"exec fails with {verdict.errno}"
-                cached = (code, message)
-            self._entries[entry.name] = cached
-        return cached
-
-    def _loader_problem(self, fd: int, header: ElfHeader) -> tuple[Optional[str], str]:
-        """(code, message) if the binary's dynamic loader is unusable, else (None, "")."""
-        try:
-            loader = program_interpreter(fd, header)
-        except (BinfmtError, OSError) as exc:
-            return "invalid-elf", f"unreadable program headers: {exc}"
-        if loader is None:
-            return None, ""
-        if loader not in self._loaders:
-            try:
-                resolve(self.root, loader)
-                self._loaders[loader] = None
-            except OSError as exc:
-                self._loaders[loader] = f"its loader {loader} is not in the root ({exc.strerror})"
-        problem = self._loaders[loader]
-        return ("loader-missing", problem) if problem is not None else (None, "")
-
-    def _target(self, head: bytes) -> Optional[qemu.Signature]:
-        # The signature depends on e_ident, e_type, e_machine and (MIPS) e_flags.
-        key = head[4:20] + head[36:40]
-        if key not in self._targets:
-            self._targets[key] = qemu.match_header(head)
-        return self._targets[key]
 
     # -- bookkeeping -----------------------------------------------------------------
 
@@ -520,9 +361,3 @@ class _Scanner:
             unreadable=tuple(self.unreadable),
             seconds=seconds,
         )
-
-
-def _platform_name(sig: Optional[qemu.Signature], header: ElfHeader) -> str:
-    if sig is None:
-        return header.machine_name
-    return sig.platforms[0] if sig.platforms else sig.name

@@ -27,9 +27,10 @@ from typing import Callable, NoReturn, Optional, Union
 import pytest
 
 from .entry import Entry
+from .errors import SandboxUnavailable
 from .kernel import KernelRules
 from .procfs import BinfmtMisc
-from .sandbox import Sandbox, SandboxUnavailable
+from .sandbox import Sandbox
 
 __all__ = [
     "binfmt_sandbox",

@@ -63,21 +63,21 @@ what :func:`~binfmt.prediction.predict` says handles the probe (for
 from __future__ import annotations
 
 import contextlib
-import errno as errnos
 import os
 import shutil
 import signal
 import subprocess
 import tempfile
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
 
 import attrs
 
 from . import qemu
-from .errors import PermissionDenied, UnknownTarget
+from .errors import InvalidValue, PermissionDenied, UnknownTarget, errno_name
+from .findings import Finding
 from .host import Host
-from .prediction import Finding, Verdict, predict
+from .prediction import Verdict, predict
 from .probes import PROBE_STATUS, PROBE_TARGETS, probe, write_probe
 from .procfs import State
 
@@ -89,6 +89,7 @@ __all__ = [
     "STATUSES",
     "RunOutcome",
     "Runner",
+    "Status",
     "TargetResult",
     "VerifyReport",
     "default_targets",
@@ -97,8 +98,18 @@ __all__ = [
     "verify",
 ]
 
+Status = Literal[
+    "works",
+    "native",
+    "entry-missing",
+    "disabled",
+    "interpreter-missing",
+    "exec-failed",
+    "wrong-status",
+    "no-probe",
+]
 #: Every status a :class:`TargetResult` can have.
-STATUSES = (
+STATUSES: tuple[Status, ...] = (
     "works",
     "native",
     "entry-missing",
@@ -167,7 +178,7 @@ def run_local(
         stderr = exc.stderr if isinstance(exc.stderr, bytes) else b""
         return RunOutcome(None, stderr=stderr, timed_out=True)
     except OSError as exc:
-        return RunOutcome(None, errno=_errno_name(exc.errno))
+        return RunOutcome(None, errno=errno_name(exc.errno))
     except subprocess.SubprocessError:
         # Only the preexec_fn raises this: chroot was refused.
         assert root is not None
@@ -201,7 +212,7 @@ class TargetResult:
     #: Its OCI platforms (``("linux/arm64",)``); empty for targets without one.
     platforms: tuple[str, ...]
     #: One of :data:`STATUSES`.
-    status: str = attrs.field(validator=attrs.validators.in_(STATUSES))
+    status: Status = attrs.field(validator=attrs.validators.in_(STATUSES))
     #: The binfmt_misc entry that handles (or, for ``disabled``, would handle) the probe.
     entry: Optional[str] = None
     #: That entry's interpreter.
@@ -221,7 +232,7 @@ class TargetResult:
         """The target runs: emulated through an entry, or natively."""
         return self.status in _OK
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
         """One item of the report's ``targets`` list."""
         return {
             "target": self.target,
@@ -232,7 +243,7 @@ class TargetResult:
             "errno": self.errno,
             "returncode": self.returncode,
             "detail": self.detail,
-            "findings": [f.to_dict() for f in self.findings],
+            "findings": [f.to_dict(names) for f in self.findings],
         }
 
 
@@ -269,8 +280,9 @@ class VerifyReport:
                 return result
         return None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON document described in the module docstring."""
+    def to_dict(self, names: Optional[Mapping[str, str]] = None) -> dict[str, Any]:
+        """The JSON document described in the module docstring (``names``: see
+        :meth:`Finding.fix_text <binfmt.findings.Finding.fix_text>`)."""
         platforms: dict[str, dict[str, str]] = {}
         for result in self.results:
             for platform in result.platforms:
@@ -282,50 +294,8 @@ class VerifyReport:
             "enabled": self.enabled,
             "rootfs": self.rootfs,
             "platforms": platforms,
-            "targets": [result.to_dict() for result in self.results],
+            "targets": [result.to_dict(names) for result in self.results],
         }
-
-    def text(self) -> str:
-        """The human report: one row per target, and the reasons below each failure."""
-        from .cli import printable
-
-        if self.enabled is None:
-            switch = "not mounted"
-        else:
-            switch = "enabled" if self.enabled else "disabled"
-        where = f"chrooted into {self.rootfs}" if self.rootfs else "on this machine's root"
-        lines = [f"binfmt_misc: {switch}; probes run {printable(where)}"]
-        if not self.results:
-            return "\n".join([*lines, "no targets to verify"]) + "\n"
-        header: tuple[str, ...] = ("TARGET", "PLATFORM", "STATUS", "VIA", "DETAIL")
-        rows: list[tuple[tuple[str, ...], list[str]]] = []
-        for r in self.results:
-            via = "kernel" if r.status == "native" else printable(r.entry or "-")
-            platform = r.platforms[0] if r.platforms else "-"
-            notes = []
-            if not r.ok:
-                notes = [
-                    f"    {f.severity}: {printable(f.message)}"
-                    for f in r.findings
-                    if f.severity != "info" and f.message != r.detail
-                ]
-            rows.append(((r.target, platform, r.status, via, printable(r.detail)), notes))
-        widths = [max(len(c[i]) for c in [header, *(row for row, _ in rows)]) for i in range(4)]
-
-        def line(cells: tuple[str, ...]) -> str:
-            return "  ".join([*(cells[i].ljust(widths[i]) for i in range(4)), cells[4]]).rstrip()
-
-        lines.append(line(header))
-        for row, notes in rows:
-            lines.append(line(row))
-            lines.extend(notes)
-        good = [r for r in self.results if r.ok]
-        native = sum(1 for r in good if r.status == "native")
-        lines.append(
-            f"{len(good)} of {len(self.results)} targets run ({native} native); "
-            f"supported: {', '.join(self.supported) or 'none'}"
-        )
-        return "\n".join(lines) + "\n"
 
 
 # -- choosing targets -------------------------------------------------------------
@@ -352,21 +322,16 @@ def default_targets(state: State, host: Host) -> list[str]:
 
 def _requested(targets: Union[str, Iterable[str]]) -> list[str]:
     """QEMU target names for names, aliases and platforms (``"all"``: every probe)."""
-    items = [targets] if isinstance(targets, str) else list(targets)
     names: list[str] = []
-    for item in items:
-        for piece in item.split(","):
-            text = piece.strip()
-            if not text:
-                continue
-            if text.lower() == "all":
-                names += [sig.name for sig in qemu.SIGNATURES] + list(_UNSIGNED)
-            elif text in _UNSIGNED:
-                names.append(text)
-            else:
-                names.append(qemu.lookup(text).name)
+    for text in qemu.split_targets(targets):
+        if text == "all":
+            names += [sig.name for sig in qemu.SIGNATURES] + list(_UNSIGNED)
+        elif text in _UNSIGNED:
+            names.append(text)
+        else:
+            names.append(qemu.lookup(text).name)
     if not names:
-        raise ValueError(f"invalid targets {targets!r}: no target named")
+        raise InvalidValue("targets", targets, "no target is named")
     return list(dict.fromkeys(names))
 
 
@@ -405,8 +370,8 @@ def verify(
     (or ``workdir``, which must then lie inside it) and executed chrooted
     into ``rootfs``, as a container would. That directory is always removed.
     Raises :class:`~binfmt.errors.UnknownTarget` naming an unknown target, and
-    ``ValueError`` for a ``rootfs`` that is not a directory or a ``workdir``
-    outside it.
+    :class:`~binfmt.errors.InvalidValue` for a ``rootfs`` that is not a
+    directory or a ``workdir`` outside it.
     """
     names = default_targets(state, host) if targets is None else _requested(targets)
     root = _check_rootfs(rootfs)
@@ -427,7 +392,7 @@ def _check_rootfs(rootfs: Optional[str]) -> Optional[str]:
     if rootfs is None:
         return None
     if not os.path.isdir(rootfs):
-        raise ValueError(f"invalid rootfs {rootfs!r}: not a directory")
+        raise InvalidValue("rootfs", rootfs, "not a directory")
     root = os.path.abspath(rootfs)
     return None if root == "/" else root
 
@@ -436,13 +401,14 @@ def _check_workdir(workdir: Optional[str], root: Optional[str]) -> Optional[str]
     if workdir is None:
         return root
     if not os.path.isdir(workdir):
-        raise ValueError(f"invalid workdir {workdir!r}: not a directory")
+        raise InvalidValue("workdir", workdir, "not a directory")
     if root is not None:
         real, real_root = os.path.realpath(workdir), os.path.realpath(root)
         if os.path.commonpath([real, real_root]) != real_root:
-            raise ValueError(
-                f"invalid workdir {workdir!r}: not inside the rootfs {root!r}, "
-                "where the chrooted probe must find it"
+            raise InvalidValue(
+                "workdir",
+                workdir,
+                f"not inside the rootfs {root!r}, where the chrooted probe must find it",
             )
     return workdir
 
@@ -598,15 +564,13 @@ def _disagreement(
     if outcome.errno is None and target in host.unknown and verdict.handler == "none":
         return Finding(
             "native-confirmed",
-            "info",
-            f"the host runs {target} natively (this could not be told from the kernel)",
+            message=f"the host runs {target} natively (this could not be told from the kernel)",
         )
     said = f"fail with {verdict.errno}" if verdict.errno else "succeed"
     did = f"failed with {outcome.errno}" if outcome.errno else "succeeded"
     return Finding(
         "unexpected-outcome",
-        "warning",
-        f"predicted execve to {said}, but it {did}: the binfmt_misc state read may not be "
+        message=f"predicted execve to {said}, but it {did}: the binfmt_misc state read may not be "
         "the one the kernel used",
     )
 
@@ -624,7 +588,3 @@ def _signal_name(number: int) -> str:
         return signal.Signals(number).name
     except ValueError:
         return f"signal {number}"
-
-
-def _errno_name(number: Optional[int]) -> str:
-    return errnos.errorcode.get(number or errnos.EIO, str(number))

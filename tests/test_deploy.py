@@ -24,7 +24,7 @@ import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from binfmt import qemu
-from binfmt.cli import _build_parser
+from binfmt.cli import build_parser
 from binfmt.entry import Flags
 from binfmt.host import Host
 from binfmt.procfs import State
@@ -186,7 +186,7 @@ def _by_container(name: str) -> list[Invocation]:
 
 def _parse(argv: list[str]) -> Any:
     try:
-        return _build_parser().parse_args(argv)
+        return build_parser().parse_args(argv)
     except SystemExit:
         pytest.fail(f"binfmt's parser rejects: binfmt {shlex.join(argv)}")
 
@@ -315,7 +315,7 @@ def test_daemonset_writes_the_nfd_feature_file_into_the_hosts_features_d() -> No
 
 def test_nfd_directory_is_the_one_the_cli_documents() -> None:
     """status --output's help names the same features.d directory as the manifest."""
-    (commands,) = [a for a in _build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     status = commands.choices["status"]
     (output,) = [a for a in status._actions if "--output" in a.option_strings]
     assert f"{NFD_DIR}/binfmt" in re.sub(r"\s+", "", output.help or "")

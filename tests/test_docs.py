@@ -40,7 +40,7 @@ from typing import Callable, NamedTuple, Optional
 import pytest
 
 from binfmt import BinfmtError, BinfmtMisc, Host
-from binfmt.cli import _build_parser
+from binfmt.cli import build_parser
 from binfmt.doctor import CODES
 from binfmt.persist import effective_entries, read_binfmt_d
 from binfmt.sandbox import sandbox_unavailable_reason
@@ -408,7 +408,7 @@ def test_every_doctor_code_is_documented() -> None:
 
 
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    for action in _build_parser()._actions:
+    for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     raise AssertionError("no subcommands")

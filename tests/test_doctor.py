@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from binfmt import BinfmtMisc, Host, State
+from binfmt import BinfmtMisc, Entry, Host, State, qemu
 from binfmt.cli import main
 from binfmt.doctor import CODES, DoctorReport, diagnose
 from binfmt.persist import binfmt_d_files, write_files
@@ -70,7 +70,7 @@ def test_every_entry_problem_of_the_kernel_made_tree(tmp_path: Path) -> None:
     aarch64 = state.get("qemu-aarch64")
     assert aarch64 is not None
     write_files(str(etc), binfmt_d_files([aarch64]))
-    report = diagnose(state, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    report = diagnose(state, X86, host_root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
     assert codes(report, "qemu-aarch64") == set()  # healthy, and persisted
     assert codes(report, "qemu-arm") == {"interpreter-dynamic", "no-fix-binary", "not-persisted"}
     assert codes(report, "qemu-riscv64") == {"interpreter-missing", "not-persisted"}
@@ -109,16 +109,16 @@ def test_every_entry_problem_of_the_kernel_made_tree(tmp_path: Path) -> None:
 
 def test_mount_and_switch(tmp_path: Path) -> None:
     """Not mounted, an automount that did not mount, and a global off switch are errors."""
-    report = diagnose(State(str(tmp_path), False), X86, root=str(fake_root(tmp_path, {})))
+    report = diagnose(State(str(tmp_path), False), X86, host_root=str(fake_root(tmp_path, {})))
     assert codes(report) == {"not-mounted"} and report.exit_status == 2
     root = fake_root(tmp_path / "a", {})
     (root / "proc/self/mountinfo").write_text(
         "36 25 0:31 / /proc/sys/fs/binfmt_misc rw,relatime shared:13 - autofs systemd-1 rw\n"
     )
-    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, root=str(root))
+    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, host_root=str(root))
     assert codes(report) == {"automount-not-triggered"}
     assert "proc-sys-fs-binfmt_misc.mount" in report.problems[0].fix
-    off = diagnose(tree("spec-examples"), X86, root=str(fake_root(tmp_path / "b", {})))
+    off = diagnose(tree("spec-examples"), X86, host_root=str(fake_root(tmp_path / "b", {})))
     assert "disabled" in codes(off)
 
 
@@ -127,7 +127,7 @@ def test_kernel_and_namespace(tmp_path: Path) -> None:
     root = fake_root(tmp_path, {}, systemd=False)
     (root / "proc/self/uid_map").write_text("0 1000 1\n")
     old = Host.from_facts("x86_64", "4.4.0", config={"CONFIG_IA32_EMULATION": "y"})
-    report = diagnose(tree("empty"), old, root=str(root))
+    report = diagnose(tree("empty"), old, host_root=str(root))
     assert codes(report) == {"kernel-without-f", "user-namespace"}
     assert report.exit_status == 1
 
@@ -138,7 +138,7 @@ def test_platforms_without_probes(tmp_path: Path) -> None:
     report = diagnose(
         tree("debian-qemu-user-static"),
         X86,
-        root=str(root),
+        host_root=str(root),
         platforms=["linux/amd64", "linux/arm64", "x86_64", "linux/loong64", "linux/nope"],
     )
     codes(report)
@@ -150,7 +150,7 @@ def test_platforms_without_probes(tmp_path: Path) -> None:
         ("platform-ok", "linux/loong64"),
         ("platform-unavailable", "unknown target, alias or platform 'linux/nope'"),
     ]
-    empty = diagnose(tree("empty"), X86, root=str(root), platforms=["linux/riscv64"])
+    empty = diagnose(tree("empty"), X86, host_root=str(root), platforms=["linux/riscv64"])
     assert codes(empty) == {"platform-unavailable"}
     assert empty.problems[0].fix == "binfmt install riscv64 --persistent"
 
@@ -162,7 +162,7 @@ def test_config_and_unreadable(tmp_path: Path) -> None:
     (root / "etc/binfmt.d/bad.conf").write_text(":broken\n")
     state = tree("doctor-problems")
     unreadable = State(state.path, True, True, state.entries[-1:], unreadable=("secret",))
-    report = diagnose(unreadable, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    report = diagnose(unreadable, X86, host_root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
     assert {"invalid-config", "unreadable-entry"} <= codes(report)
 
 
@@ -222,10 +222,10 @@ def test_boot_order(tmp_path: Path) -> None:
     etc.mkdir(parents=True)
     write_files(str(etc), binfmt_d_files([a, b]))  # box.conf sorts first: applied first
     now_qemu_wins = State("/x", True, True, (a, b))
-    report = diagnose(now_qemu_wins, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    report = diagnose(now_qemu_wins, X86, host_root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
     assert "boot-order-differs" not in codes(report)
     now_box_wins = State("/x", True, True, (b, a))
-    report = diagnose(now_box_wins, X86, root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
+    report = diagnose(now_box_wins, X86, host_root=str(root), binfmt_d_dirs=["/etc/binfmt.d"])
     assert "boot-order-differs" in codes(report)
     (found,) = [p for p in report.problems if p.code == "boot-order-differs"]
     assert found.entry == "qemu-aarch64" and "box wins now" in found.message
@@ -235,12 +235,12 @@ def test_kernel_without_binfmt_misc(tmp_path: Path) -> None:
     """No binfmt_misc in /proc/filesystems and no module: the kernel lacks it, not the mount."""
     root = fake_root(tmp_path, {}, systemd=False)
     (root / "proc/filesystems").write_text("nodev\tsysfs\nnodev\tproc\n\text4\n")
-    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, root=str(root))
+    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, host_root=str(root))
     assert codes(report) == {"no-kernel-support"}
     modules = root / "lib/modules/6.18.0/kernel/fs"
     modules.mkdir(parents=True)
     (modules / "binfmt_misc.ko.xz").write_bytes(b"")
-    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, root=str(root))
+    report = diagnose(State("/proc/sys/fs/binfmt_misc", False), X86, host_root=str(root))
     assert codes(report) == {"not-mounted"}  # mounting loads the module
 
 
@@ -251,6 +251,27 @@ def test_credentials_and_versions() -> None:
     assert {"no-credentials", "qemu-versions"} <= codes(report)
     (versions,) = [p for p in report.problems if p.code == "qemu-versions"]
     assert "7." in versions.message and "entries" in versions.message
+
+
+def test_interpreter_that_is_not_elf(tmp_path: Path) -> None:
+    """An emulator entry whose interpreter is a script (not ELF) is reported; others are not."""
+    root = fake_root(tmp_path, {}, systemd=False)
+    wrapper = root / "usr/bin/qemu-aarch64-wrapper"
+    wrapper.parent.mkdir(parents=True, exist_ok=True)
+    wrapper.write_text("#!/bin/sh\nexec qemu-aarch64-static \"$@\"\n")
+    wrapper.chmod(0o755)
+    state = State(
+        "/x",
+        True,
+        True,
+        (
+            qemu.get("aarch64").to_entry("/usr/bin/qemu-aarch64-wrapper", "F"),
+            Entry("python3", "/usr/bin/qemu-aarch64-wrapper", magic=b"\x55\x0d\x0d\x0a"),
+        ),
+    )
+    report = diagnose(state, X86, host_root=str(root), probe=False)
+    assert "interpreter-not-elf" in codes(report, "qemu-aarch64")
+    assert "interpreter-not-elf" not in codes(report, "python3")
 
 
 def test_every_code_is_produced_by_some_test() -> None:

@@ -144,7 +144,7 @@ def test_idempotent_conflict_and_replace(fake_binfmt_misc: Any, tmp_path: Path) 
     assert [s.action for s in again.steps] == ["unchanged"] and not again.changes
     other = attrs.evolve(opts, persistent=False)
     conflict = plan(["aarch64"], other, state=misc.state(), host=X86)
-    assert not conflict.ok and "--replace" in conflict.findings[-1].message
+    assert not conflict.ok and conflict.findings[-1].options == ("replace",)
     with pytest.raises(InstallError, match="nothing was written"):
         apply(conflict, misc)
     replaced = plan(["aarch64"], attrs.evolve(other, replace=True), state=misc.state(), host=X86)
@@ -340,18 +340,24 @@ def test_install_all_persistent_runs_real_debian_binaries(
 
 
 def test_writable_interpreter(fake_binfmt_misc: Any, tmp_path: Path) -> None:
-    """A QEMU others can write is a warning, and an error with --credential (C)."""
+    """A QEMU others can write is a warning, and an error with --credential (C).
+
+    With C it is doctor's writable-credentials-interpreter (one rule for both).
+    """
     path = fake_qemu(tmp_path / "q", "aarch64")
     Path(path, "qemu-aarch64-static").chmod(0o777)
     state = fake_binfmt_misc().state()
-    for credential, severity in ((False, "warning"), (True, "error")):
+    for credential, code, severity in (
+        (False, "writable-interpreter", "warning"),
+        (True, "writable-credentials-interpreter", "error"),
+    ):
         the_plan = plan(
             ["aarch64"],
             InstallOptions(qemu_path=path, credential=credential),
             state=state,
             host=X86,
         )
-        (found,) = [f for f in the_plan.findings if f.code == "writable-interpreter"]
+        (found,) = [f for f in the_plan.findings if f.code == code]
         assert found.severity == severity
 
 

@@ -270,8 +270,8 @@ def test_same_name_in_a_higher_directory_wins(
 ) -> None:
     """/etc > /run > /usr/local/lib > /usr/lib > /lib for files of the same name."""
     make_tree(tmp_path, {f"{d}/binfmt.d/q.conf": rule("q", d) for d in present})
-    assert effective_files(root=str(tmp_path)) == [str(tmp_path / f"{winner[1:]}/binfmt.d/q.conf")]
-    (line,) = read_binfmt_d(root=str(tmp_path), kernel=K618)
+    assert effective_files(host_root=str(tmp_path)) == [str(tmp_path / f"{winner[1:]}/binfmt.d/q.conf")]
+    (line,) = read_binfmt_d(host_root=str(tmp_path), kernel=K618)
     assert line.entry.interpreter == winner
 
 
@@ -288,7 +288,7 @@ def test_files_apply_in_name_order_across_directories(tmp_path: Path) -> None:
             "/run/binfmt.d/B.conf": rule("B"),
         },
     )
-    files = effective_files(root=str(tmp_path))
+    files = effective_files(host_root=str(tmp_path))
     assert [os.path.basename(f) for f in files] == [
         "05-z.conf",
         "10-x.conf",
@@ -297,7 +297,7 @@ def test_files_apply_in_name_order_across_directories(tmp_path: Path) -> None:
         "a-b.conf",
         "a.conf",
     ]
-    assert [x.entry.name for x in read_binfmt_d(root=str(tmp_path), kernel=K618)] == [
+    assert [x.entry.name for x in read_binfmt_d(host_root=str(tmp_path), kernel=K618)] == [
         "z",
         "x",
         "y",
@@ -316,7 +316,7 @@ def test_a_later_file_name_overrides_an_entry(tmp_path: Path) -> None:
             "/usr/lib/binfmt.d/99-local.conf": rule("qemu-arm", "/usr/bin/local"),
         },
     )
-    lines = read_binfmt_d(root=str(tmp_path), kernel=K618)
+    lines = read_binfmt_d(host_root=str(tmp_path), kernel=K618)
     assert [x.entry.interpreter for x in lines] == ["/usr/bin/local", "/usr/bin/vendor"]
     (kept,) = effective_entries(lines)
     assert kept.entry.interpreter == "/usr/bin/vendor"  # "qemu-arm.conf" sorts after "99-…"
@@ -329,15 +329,15 @@ def test_dev_null_symlink_masks_a_vendor_file(tmp_path: Path) -> None:
     )
     (tmp_path / "etc/binfmt.d").mkdir(parents=True)
     (tmp_path / "etc/binfmt.d/q.conf").symlink_to("/dev/null")
-    assert effective_files(root=str(tmp_path)) == [str(tmp_path / "usr/lib/binfmt.d/r.conf")]
-    assert [x.entry.name for x in read_binfmt_d(root=str(tmp_path), kernel=K618)] == ["r"]
+    assert effective_files(host_root=str(tmp_path)) == [str(tmp_path / "usr/lib/binfmt.d/r.conf")]
+    assert [x.entry.name for x in read_binfmt_d(host_root=str(tmp_path), kernel=K618)] == ["r"]
 
 
 def test_empty_file_hides_a_vendor_file(tmp_path: Path) -> None:
     """An empty /etc file wins its name like any file and registers nothing."""
     make_tree(tmp_path, {"/usr/lib/binfmt.d/q.conf": rule("q"), "/etc/binfmt.d/q.conf": ""})
-    assert effective_files(root=str(tmp_path)) == [str(tmp_path / "etc/binfmt.d/q.conf")]
-    assert read_binfmt_d(root=str(tmp_path), kernel=K618) == []
+    assert effective_files(host_root=str(tmp_path)) == [str(tmp_path / "etc/binfmt.d/q.conf")]
+    assert read_binfmt_d(host_root=str(tmp_path), kernel=K618) == []
 
 
 def test_only_visible_conf_files_count(tmp_path: Path) -> None:
@@ -351,16 +351,16 @@ def test_only_visible_conf_files_count(tmp_path: Path) -> None:
             "/etc/binfmt.d/x.conf": rule("x"),
         },
     )
-    assert [x.entry.name for x in read_binfmt_d(root=str(tmp_path), kernel=K618)] == ["x"]
+    assert [x.entry.name for x in read_binfmt_d(host_root=str(tmp_path), kernel=K618)] == ["x"]
 
 
 def test_custom_dirs_and_missing_dirs(tmp_path: Path) -> None:
     """dirs can be given; missing directories are skipped; no directory means no files."""
     make_tree(tmp_path, {"/a/x.conf": rule("x"), "/b/x.conf": rule("y")})
-    assert effective_files(["/nope", "/b", "/a"], root=str(tmp_path)) == [
+    assert effective_files(["/nope", "/b", "/a"], host_root=str(tmp_path)) == [
         str(tmp_path / "b/x.conf")
     ]
-    assert effective_files(root=str(tmp_path / "empty")) == []
+    assert effective_files(host_root=str(tmp_path / "empty")) == []
     assert SYSTEMD_DIRS[0] == "/etc/binfmt.d"
 
 
@@ -368,17 +368,17 @@ def test_dangling_symlink_is_skipped_but_a_directory_is_an_error(tmp_path: Path)
     """A vanished file is skipped (systemd ignores ENOENT); one that cannot be read is an error."""
     (tmp_path / "etc/binfmt.d").mkdir(parents=True)
     (tmp_path / "etc/binfmt.d/gone.conf").symlink_to(tmp_path / "nowhere")
-    assert read_binfmt_d(root=str(tmp_path), kernel=K618) == []
+    assert read_binfmt_d(host_root=str(tmp_path), kernel=K618) == []
     (tmp_path / "etc/binfmt.d/dir.conf").mkdir()
     with pytest.raises(ConfigError, match=r"dir\.conf: cannot be read"):
-        read_binfmt_d(root=str(tmp_path), kernel=K618)
+        read_binfmt_d(host_root=str(tmp_path), kernel=K618)
 
 
 def test_invalid_line_in_a_tree_names_the_file(tmp_path: Path) -> None:
     """read_binfmt_d reports the invalid line's full path and line number."""
     make_tree(tmp_path, {"/etc/binfmt.d/x.conf": "# ok\n\n:x:Q::AB::/bin/i:\n"})
     with pytest.raises(ConfigError) as info:
-        read_binfmt_d(root=str(tmp_path), kernel=K618)
+        read_binfmt_d(host_root=str(tmp_path), kernel=K618)
     assert str(info.value).startswith(f"{tmp_path}/etc/binfmt.d/x.conf:3: invalid type 'Q'")
 
 
@@ -921,7 +921,7 @@ def test_exported_binfmt_d_files_override_vendor_files(tmp_path: Path) -> None:
     assert list(files) == ["qemu-aarch64.conf", "a.conf"]
     (tmp_path / "etc/binfmt.d").mkdir(parents=True)
     write_files(str(tmp_path / "etc/binfmt.d"), files)
-    lines = effective_entries(read_binfmt_d(root=str(tmp_path), kernel=K618))
+    lines = effective_entries(read_binfmt_d(host_root=str(tmp_path), kernel=K618))
     assert [x.entry for x in lines] == [entry_a(), mine]
 
 

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from binfmt import Entry, Host, State, qemu
 from binfmt.cli import main
+from binfmt.cli import OPTION_FLAGS
 from binfmt.prediction import HANDLERS, predict
 from binfmt.rootfs import resolve
 
@@ -122,7 +123,7 @@ def test_missing_interpreter_inside_rootfs_without_f(tmp_path: Path) -> None:
     assert v.exec_path == "/bin/app"
     assert v.errno == "ENOENT"
     assert v.findings[-1].code == "interpreter-missing"
-    assert "F (--persistent)" in v.findings[-1].message
+    assert "F (--persistent)" in v.findings[-1].fix_text(OPTION_FLAGS)
 
 
 def test_hijack_of_native_binaries_loops(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from binfmt import Entry, Host, State, UnknownTarget, qemu
 from binfmt.probes import PROBE_STATUS, PROBE_TARGETS, probe
+from binfmt.report import verify_text
 from binfmt.sandbox import Sandbox
 from binfmt.testing import require_or_skip
 from binfmt.verify import (
@@ -384,7 +385,7 @@ def test_text_is_a_table_with_reasons_under_failures(tmp_path: Path, fake_qemu: 
     ]:
         runner = FakeRunner(outcome)
         results += verify([target], state=state, host=X86, rootfs=rootfs, runner=runner).results
-    lines = VerifyReport(tuple(results), ("qemu-arm",), True, str(root)).text().splitlines()
+    lines = verify_text(VerifyReport(tuple(results), ("qemu-arm",), True, str(root))).splitlines()
     assert lines[0] == f"binfmt_misc: enabled; probes run chrooted into {root}"
     assert lines[1].split() == ["TARGET", "PLATFORM", "STATUS", "VIA", "DETAIL"]
     assert lines[2].split()[:4] == ["arm", "linux/arm/v7", "interpreter-missing", "qemu-arm"]
@@ -396,7 +397,7 @@ def test_text_is_a_table_with_reasons_under_failures(tmp_path: Path, fake_qemu: 
     assert lines[5].split()[:4] == ["x86_64", "linux/amd64", "native", "kernel"]
     assert lines[6] == "1 of 3 targets run (1 native); supported: linux/amd64"
     assert len(lines) == 7
-    empty = VerifyReport((), (), None, None).text()
+    empty = verify_text(VerifyReport((), (), None, None))
     assert empty == "binfmt_misc: not mounted; probes run on this machine's root\n" + (
         "no targets to verify\n"
     )
@@ -494,7 +495,7 @@ def test_every_oci_target_works_through_debian_entries(qemu_box: Sandbox) -> Non
 def test_default_verify_covers_every_registered_entry(qemu_box: Sandbox) -> None:
     """By default every Debian entry's target is probed (cris too) and all of them run."""
     report = in_box(qemu_box)
-    assert report.ok, report.text()
+    assert report.ok, verify_text(report)
     probed = {r.entry or "" for r in report.results if r.status == "works"}
     assert probed == set(qemu_box.misc.state().names)
     assert report.emulators == tuple(sorted(probed))

@@ -1,0 +1,155 @@
+"""The kernel's side of binfmt_misc writes, carried out on a fake tree.
+
+A fake tree is a directory laid out like binfmt_misc but made of ordinary
+files (:func:`binfmt.testing.make_fake_procfs` builds one). Its ``register``
+file is readable, unlike the kernel's, and lists the entry names in lookup
+order, newest first, one per line. :class:`FakeKernel` answers each write the
+way the kernel would under given :class:`~binfmt.kernel.KernelRules` (spec §1,
+§3): parse the register line, refuse with the kernel's errno, create the entry
+file, enable, disable, remove. :class:`~binfmt.procfs.BinfmtMisc` sends its
+writes here when its directory is a fake tree, so code under test runs
+unchanged against it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable
+from typing import Optional
+
+import attrs
+
+from . import text
+from .entry import Entry, Flags
+from .errors import InvalidEntry
+from .kernel import KernelRules
+
+__all__ = ["FakeKernel", "FakeRefusal", "is_fake_tree", "read_order"]
+
+#: The files every binfmt_misc directory has besides the entries.
+SPECIAL_FILES = ("register", "status")
+
+
+class FakeRefusal(OSError):
+    """An errno the fake kernel answers a write with (a refusal, not a permission problem)."""
+
+
+def is_fake_tree(path: str) -> bool:
+    """A fake tree's ``register`` is a readable file; the kernel's is write-only."""
+    try:
+        with open(os.path.join(path, "register"), "rb") as f:
+            f.read(1)
+    except OSError:
+        return False
+    return True
+
+
+def read_order(path: str) -> list[str]:
+    """The entry names a fake ``register`` file lists, newest first."""
+    with open(path, "rb") as f:
+        content = text.decode(f.read())
+    return [line for line in content.split("\n") if line]
+
+
+def _write_order(path: str, names: Iterable[str]) -> None:
+    with open(path, "wb") as f:
+        f.write(text.encode("".join(f"{n}\n" for n in names)))
+
+
+class FakeKernel:
+    """One fake tree and the rules of the kernel it plays."""
+
+    def __init__(self, path: str, kernel: KernelRules) -> None:
+        self.path = path
+        self.kernel = kernel
+        self.order_file = os.path.join(path, "register")
+
+    def write(self, name: str, data: bytes) -> None:
+        """One ``write(2)`` of ``data`` to the file ``name``; raises the kernel's ``OSError``."""
+        if name == "register":
+            self._register(data)
+            return
+        target = os.path.join(self.path, name)
+        if not os.path.isfile(target):
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), target)
+        command = _parse_command(data)
+        if command is None:
+            return
+        if name == "status":
+            self._status(command)
+        else:
+            self._entry(name, command)
+
+    def _register(self, data: bytes) -> None:
+        try:
+            entry = Entry.parse(data, self.kernel)
+        except InvalidEntry as exc:
+            raise FakeRefusal(exc.errno, os.strerror(exc.errno)) from None
+        order = self._order()
+        # Since 5.12 the F interpreter is opened before the name is looked up.
+        checks = [self._open_interpreter, self._lookup_name]
+        if not self.kernel.opens_interpreter_first:
+            checks.reverse()
+        for check in checks:
+            err = check(entry, order)
+            if err:
+                # Before 4.8 every refusal after parsing came back as EINVAL.
+                err = err if self.kernel.precise_errors else errno.EINVAL
+                raise FakeRefusal(err, os.strerror(err))
+        self._save(entry)
+        _write_order(self.order_file, [entry.name, *order])
+
+    @staticmethod
+    def _open_interpreter(entry: Entry, order: list[str]) -> int:
+        if Flags.FIX_BINARY not in entry.flags:
+            return 0
+        interp = entry.interpreter
+        if not os.path.exists(interp):
+            return errno.ENOENT
+        if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
+            return errno.EACCES
+        return 0
+
+    @staticmethod
+    def _lookup_name(entry: Entry, order: list[str]) -> int:
+        return errno.EEXIST if entry.name in order else 0
+
+    def _status(self, command: str) -> None:
+        if command == "-1":
+            for name in self._order():
+                os.unlink(os.path.join(self.path, name))
+            _write_order(self.order_file, [])
+        else:
+            with open(os.path.join(self.path, "status"), "wb") as f:
+                f.write(b"enabled\n" if command == "1" else b"disabled\n")
+
+    def _entry(self, name: str, command: str) -> None:
+        if command == "-1":
+            os.unlink(os.path.join(self.path, name))
+            _write_order(self.order_file, [n for n in self._order() if n != name])
+            return
+        with open(os.path.join(self.path, name), "rb") as f:
+            entry = Entry.from_status(name, f.read())
+        self._save(attrs.evolve(entry, enabled=command == "1"))
+
+    def _order(self) -> list[str]:
+        return [
+            n for n in read_order(self.order_file) if os.path.exists(os.path.join(self.path, n))
+        ]
+
+    def _save(self, entry: Entry) -> None:
+        with open(os.path.join(self.path, entry.name), "wb") as f:
+            f.write(text.encode(entry.to_status()))
+
+
+def _parse_command(data: bytes) -> Optional[str]:
+    """parse_command(): ``0``, ``1`` or ``-1`` with one optional newline; empty does nothing."""
+    if len(data) > 3:
+        raise FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))
+    if not data:
+        return None
+    body = data[:-1] if data.endswith(b"\n") else data
+    if body in (b"0", b"1", b"-1"):
+        return body.decode()
+    raise FakeRefusal(errno.EINVAL, os.strerror(errno.EINVAL))
