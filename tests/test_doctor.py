@@ -258,7 +258,7 @@ def test_interpreter_that_is_not_elf(tmp_path: Path) -> None:
     root = fake_root(tmp_path, {}, systemd=False)
     wrapper = root / "usr/bin/qemu-aarch64-wrapper"
     wrapper.parent.mkdir(parents=True, exist_ok=True)
-    wrapper.write_text("#!/bin/sh\nexec qemu-aarch64-static \"$@\"\n")
+    wrapper.write_text('#!/bin/sh\nexec qemu-aarch64-static "$@"\n')
     wrapper.chmod(0o755)
     state = State(
         "/x",

@@ -270,7 +270,9 @@ def test_same_name_in_a_higher_directory_wins(
 ) -> None:
     """/etc > /run > /usr/local/lib > /usr/lib > /lib for files of the same name."""
     make_tree(tmp_path, {f"{d}/binfmt.d/q.conf": rule("q", d) for d in present})
-    assert effective_files(host_root=str(tmp_path)) == [str(tmp_path / f"{winner[1:]}/binfmt.d/q.conf")]
+    assert effective_files(host_root=str(tmp_path)) == [
+        str(tmp_path / f"{winner[1:]}/binfmt.d/q.conf")
+    ]
     (line,) = read_binfmt_d(host_root=str(tmp_path), kernel=K618)
     assert line.entry.interpreter == winner
 

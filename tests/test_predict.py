@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from binfmt import Entry, Host, State, qemu
-from binfmt.cli import main
-from binfmt.cli import OPTION_FLAGS
+from binfmt.cli import OPTION_FLAGS, main
 from binfmt.prediction import HANDLERS, predict
 from binfmt.rootfs import resolve
 

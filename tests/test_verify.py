@@ -221,7 +221,7 @@ def test_statuses_are_the_documented_ones() -> None:
         "exec-failed", "wrong-status", "no-probe",
     )  # fmt: skip
     with pytest.raises(ValueError):
-        TargetResult("arm", (), "fine")
+        TargetResult("arm", (), "fine")  # type: ignore[arg-type]
 
 
 # -- which targets ------------------------------------------------------------------
