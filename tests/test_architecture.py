@@ -1,4 +1,4 @@
-"""The package's shape: no import cycle, no module using another's private names, public names listed.
+"""The package's shape: no import cycle, no private name used across modules, all public names.
 
 The imports are read from the source (every ``import`` anywhere in a module,
 in functions too, except those under ``if TYPE_CHECKING:``, which never run).
@@ -46,7 +46,7 @@ def _imports(module: str) -> dict[str, set[str]]:
                     out.setdefault(alias.name, set())
             else:
                 out.setdefault(node.module, set()).update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("binfmt."):
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("binfmt."):
             out.setdefault(node.module.split(".")[1], set()).update(a.name for a in node.names)
     return out
 
