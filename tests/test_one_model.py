@@ -81,7 +81,7 @@ def trees(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         files["/lib/ld-linux-aarch64.so.1"] = (_FOREIGN, 0o755)
     link = draw(st.sampled_from(["../../bin/f0", "/bin/f1", "/missing"]))
-    entries = []
+    entries: list[Entry] = []
     interpreters = [*paths, "/noexec/tool", "/usr/bin/link", "/missing/qemu", "/HOST"]
     for kind in draw(
         st.lists(st.sampled_from(["aarch64", "shebang", "ext", "x86_64"]), max_size=4)
@@ -140,7 +140,11 @@ def _depth(verdict: Verdict) -> int:
 
 def _agree(root: Path, host_dir: Path, state: State, seen: Counter[str]) -> None:
     found: dict[str, FileResult] = {}
-    scan(str(root), state=state, host=X86, on_result=lambda r: found.setdefault(r.path, r))
+
+    def keep(result: FileResult) -> None:
+        found[result.path] = result
+
+    scan(str(root), state=state, host=X86, on_result=keep)
     for path in sorted(found):
         result = found[path]
         verdict = predict(str(root) + path, state=state, host=X86, rootfs=str(root))
