@@ -72,6 +72,18 @@ def _write(stream: IO[str], text: str) -> None:
     stream.write(terminal_text(text))
 
 
+def _write_file_content(content: str) -> None:
+    """A file's exact bytes for a pipe or redirection; escaped, like any report, for a terminal."""
+    if sys.stdout.isatty():
+        _write(sys.stdout, content)
+        return
+    from .text import encode
+
+    sys.stdout.flush()
+    sys.stdout.buffer.write(encode(content))
+    sys.stdout.buffer.flush()
+
+
 def _warn(message: str) -> None:
     _write(sys.stderr, f"binfmt: warning: {printable(message)}\n")
 
@@ -702,7 +714,7 @@ def _run_export(args: argparse.Namespace) -> int:
             if len(files) > 1 or args.dry_run:
                 target = os.path.join(args.dir, name) if args.dir else name
                 _write(sys.stdout, f"# ==> {printable(target)} <==\n")
-            _write(sys.stdout, content)
+            _write_file_content(content)
     else:
         _write(sys.stdout, "".join(f"wrote {printable(path)}\n" for path in written))
     return EXIT_OK

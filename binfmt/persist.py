@@ -14,7 +14,7 @@ re-exported here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Literal, Optional
 
 from .binfmt_d import (
@@ -37,7 +37,7 @@ from .debian import (
     render_debian_format,
 )
 from .entry import Entry
-from .errors import ConfigError, InvalidValue, NoSuchEntry
+from .errors import ConfigError, InvalidEntry, InvalidValue, NoSuchEntry
 from .files import write_files
 from .kernel import KernelRules
 from .procfs import State
@@ -75,7 +75,7 @@ REGISTER_FILE = "binfmt.register"
 
 
 def export_files(
-    entries: Iterable[Entry],
+    entries: Sequence[Entry],
     format: Format = "systemd",
     *,
     package: str = "binfmt",
@@ -92,7 +92,11 @@ def export_files(
     if format == "debian":
         return debian_files(entries, package)
     if format == "register":
-        return {REGISTER_FILE: "".join(e.to_register(kernel) + "\n" for e in entries)}
+        lines = [e.to_register(kernel) for e in entries]
+        for entry, line in zip(entries, lines):
+            if "\n" in line or "\r" in line:
+                raise InvalidEntry("entry", entry.name, "its register line holds a line break")
+        return {REGISTER_FILE: "".join(line + "\n" for line in lines)}
     raise InvalidValue("format", format, f"must be one of {', '.join(FORMATS)}")
 
 

@@ -1,0 +1,203 @@
+"""Untrusted text never reaches a terminal raw, from any command.
+
+File names from an image, entry names and interpreter paths from binfmt_misc,
+``#!`` lines and the messages that quote them carry ESC/CSI/OSC sequences, C1
+controls, CR, BEL, backspace, a bidi override, a newline followed by a forged
+report line, and bytes that are not UTF-8. Each command runs as a separate
+process (its real stdout and stderr bytes are checked): every byte must be
+UTF-8, every character printable or a newline, and no line may start with
+the forged text. The JSON documents keep the exact values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from binfmt import Entry, EntryType, qemu
+from binfmt.testing import make_fake_procfs
+
+FORGED = "fake: line"
+# No newline and no '/': what an entry name or an interpreter path can hold in a tree.
+NASTY = "x\x1b[31mRED\x1b]0;pwned\x07\r\x08\x9b2J\x7f\u202eevil"
+NASTY_BYTES = os.fsencode(NASTY) + b"\xff\xc0"
+# A file name can hold a newline too.
+NASTY_FILE = NASTY_BYTES + b"\n" + FORGED.encode()
+
+
+def run(*argv: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "binfmt", *argv],
+        capture_output=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+        timeout=120,
+    )
+
+
+def assert_safe(data: bytes) -> str:
+    text = data.decode("utf-8")  # raw non-UTF-8 bytes would fail here
+    bad = sorted({ch for ch in text if ch != "\n" and not ch.isprintable()})
+    assert bad == [], f"raw characters {bad!r} in {text!r}"
+    assert [line for line in text.split("\n") if line.startswith(FORGED)] == []
+    return text
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, str]:
+    """A fake binfmt_misc with hostile entries, and a root with hostile files."""
+    interp_dir = tmp_path / os.fsdecode(b"opt" + NASTY_BYTES)
+    interp_dir.mkdir()
+    interp = interp_dir / "qemu-aarch64-static"
+    interp.write_bytes(qemu.get("x86_64").header(2))
+    interp.chmod(0o755)
+    gone = interp_dir / os.fsdecode(b"gone" + NASTY_BYTES)
+    gone.write_bytes(b"")
+    gone.chmod(0o755)
+    name = os.fsdecode(b"e" + NASTY_BYTES)
+    misc = make_fake_procfs(
+        tmp_path / "procfs",
+        [
+            qemu.get("aarch64").to_entry(str(interp), "", name=name),
+            qemu.get("riscv64").to_entry(str(gone), "F", name="r"),  # F, then deleted
+            Entry(name + "ext", str(interp), type=EntryType.EXTENSION, extension="sh"),
+        ],
+    )
+    gone.unlink()
+    # What a register-line file can hold: no line break ('\r' ends a line for systemd).
+    exportable = name.replace("\r", "")
+    plain = tmp_path / "qemu-aarch64-static"
+    plain.write_bytes(qemu.get("x86_64").header(2))
+    plain.chmod(0o755)
+    exports = make_fake_procfs(
+        tmp_path / "exports", [qemu.get("aarch64").to_entry(str(plain), "F", name=exportable)]
+    )
+    root = tmp_path / "root"
+    (root / "bin").mkdir(parents=True)
+    files = {
+        NASTY_FILE: qemu.get("mips64el").header(2),  # fails: no handler
+        b"arm-" + NASTY_BYTES: qemu.get("aarch64").header(2),  # emulated by the hostile entry
+        b"script": b"#!/bin/" + NASTY_BYTES + b"\x1b[2K\n",  # a hostile #! interpreter
+    }
+    for file, data in files.items():
+        path = os.path.join(os.fsencode(root / "bin"), file)
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, 0o755)
+    return {
+        "procfs": misc.path,
+        "root": str(root),
+        "file": os.fsdecode(os.path.join(os.fsencode(root / "bin"), NASTY_FILE)),
+        "arm": os.fsdecode(os.path.join(os.fsencode(root / "bin"), b"arm-" + NASTY_BYTES)),
+        "script": str(root / "bin" / "script"),
+        "qemu_dir": str(interp_dir),
+        "entry": name,
+        "exports": exports.path,
+        "exportable": exportable,
+    }
+
+
+COMMANDS = {
+    "status": lambda w: ["status", "--procfs", w["procfs"]],
+    "check": lambda w: ["check", "--procfs", w["procfs"], w["file"], w["arm"], w["script"]],
+    "check --rootfs": lambda w: ["check", "--procfs", w["procfs"], "--rootfs", w["root"], w["arm"]],
+    "scan": lambda w: ["scan", "--procfs", w["procfs"], w["root"]],
+    "doctor": lambda w: ["doctor", "--no-probe", "--procfs", w["procfs"], "--host-root", w["root"]],
+    "verify": lambda w: ["verify", "--procfs", w["procfs"], "aarch64", "x86_64"],
+    "install --dry-run": lambda w: [
+        "install",
+        "--dry-run",
+        "--procfs",
+        w["procfs"],
+        "--qemu-path",
+        w["qemu_dir"],
+        "--qemu-suffix",
+        "-static",
+        "aarch64",
+        "--replace",
+    ],
+    "uninstall --dry-run": lambda w: [
+        "uninstall",
+        "--dry-run",
+        "--procfs",
+        w["procfs"],
+        w["entry"],
+    ],
+    "bad option value": lambda w: ["check", "--rootfs", w["file"], "x"],
+    "unknown target": lambda w: ["install", "--dry-run", "--procfs", w["procfs"], NASTY],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_no_raw_control_characters(world: dict[str, str], command: str) -> None:
+    """stdout and stderr of each command: UTF-8, printable, no forged line; the names are shown."""
+    done = run(*COMMANDS[command](world))
+    out, err = assert_safe(done.stdout), assert_safe(done.stderr)
+    assert done.returncode in (0, 1, 2), (done.returncode, err)
+    shown = out + err
+    assert "\\x1b[31mRED" in shown or "\\x1b" in shown, "the hostile text should appear, escaped"
+
+
+@pytest.mark.parametrize("command", ["status", "check", "scan", "doctor"])
+def test_json_keeps_exact_values(world: dict[str, str], command: str) -> None:
+    """--json: printable bytes, and the values decode back to the exact names."""
+    done = run(*COMMANDS[command](world), "--json")
+    text = assert_safe(done.stdout)
+    document = json.loads(text)
+    if command == "status":
+        assert world["entry"] in [e["name"] for e in document["entries"]]  # surrogates and all
+    if command == "doctor":
+        assert world["entry"] in [f["entry"] for f in document["findings"]]
+    if command == "scan":
+        paths = [f["path"] for f in document["failures"]]
+        assert any(os.fsencode(p).endswith(NASTY_FILE) for p in paths), paths
+
+
+EXPORT = ["export", "--current", "--format", "register", "--procfs"]
+
+
+def test_export_to_a_pipe_is_exact(world: dict[str, str]) -> None:
+    """export's output is a file's content: redirected, it keeps every byte of every name."""
+    done = run(*EXPORT, world["exports"])
+    assert done.returncode == 0, done.stderr
+    names = [Entry.parse(line + b"\n").name for line in done.stdout.splitlines()]
+    assert names == [world["exportable"]]
+
+
+def test_export_to_a_terminal_is_escaped(world: dict[str, str]) -> None:
+    """The same output on a terminal (a pty) is escaped like every report."""
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "binfmt", *EXPORT, world["exports"]],
+            stdout=follower,
+            stderr=subprocess.PIPE,
+        )
+        os.close(follower)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed its side
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(leader)
+    text = assert_safe(b"".join(chunks).replace(b"\r\n", b"\n"))
+    assert "\\x1b[31mRED" in text
+
+
+def test_export_refuses_a_name_no_file_can_hold(world: dict[str, str]) -> None:
+    """A name with a line break cannot be one line of a file: a one-line error, nothing printed."""
+    done = run(*EXPORT, world["procfs"])
+    assert done.returncode == 1 and done.stdout == b""
+    assert "line break" in assert_safe(done.stderr)
