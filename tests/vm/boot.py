@@ -227,14 +227,18 @@ def boot(
         cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
 
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+
     def reader() -> None:
-        assert proc.stdout is not None
-        for block in iter(lambda: os.read(proc.stdout.fileno(), 65536), b""):  # type: ignore[union-attr]
+        tail = b""
+        for block in iter(lambda: os.read(fd, 65536), b""):
             chunks.append(block)
             if sink is not None:
                 sink.write(block)
-            if not first_init and b"@@INIT" in block:
+            if not first_init and b"@@INIT" in tail + block:
                 first_init.append(time.monotonic() - start)
+            tail = block[-8:]
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()

@@ -10,7 +10,8 @@ list of paths whose state in the guest is known (see ``GUEST_PATHS`` in
 from __future__ import annotations
 
 import random
-from typing import Union
+from collections.abc import Sequence
+from typing import Optional
 
 __all__ = ["INTERPRETERS", "lines", "sequences"]
 
@@ -52,11 +53,11 @@ def _flags(r: random.Random) -> bytes:
     return "".join(r.choice(alphabet) for _ in range(r.randint(0, 4))).encode()
 
 
-def mangled(r: random.Random) -> bytes:
+def mangled(r: random.Random, interpreters: Sequence[bytes] = INTERPRETERS) -> bytes:
     d = r.choice(_DELIMS)
     name = r.choice(_NAMES) if r.random() < 0.5 else _binary(r, 1, 12)
     offset = r.choice(_OFFSETS) if r.random() < 0.6 else str(r.randint(0, 300)).encode()
-    fields = [name, r.choice(_TYPES), offset, _hexish(r), _hexish(r), r.choice(INTERPRETERS)]
+    fields = [name, r.choice(_TYPES), offset, _hexish(r), _hexish(r), r.choice(interpreters)]
     if r.random() < 0.5:
         fields[4] = b""
     line = d + d.join(fields) + d + _flags(r) + r.choice(_ENDINGS)
@@ -80,9 +81,14 @@ def _safe(r: random.Random, d: bytes, lo: int, hi: int, extra: bytes = b"") -> b
             return b
 
 
-def plausible(r: random.Random, names: Union[list[bytes], None] = None) -> bytes:
-    """A mostly well-formed line (most are accepted, so their entry files are compared)."""
+def plausible(r: random.Random, names: Optional[list[bytes]] = None) -> bytes:
+    """A mostly well-formed line (most are accepted, so their entry files are compared).
+
+    With ``names`` (the sequences), no field holds a newline: the fake
+    kernel keeps entries as entry files, which a newline makes ambiguous.
+    """
     d = r.choice([b":", b":", b"|", b"Q", b"\x00", b" "])
+    nl = b"\n" if names else b""
     if names:
         name = r.choice(names)
     else:
@@ -110,9 +116,9 @@ def plausible(r: random.Random, names: Union[list[bytes], None] = None) -> bytes
             b"" if mask is None else esc(mask),
         ]
     else:
-        fields = [name, b"E", r.choice([b"", b"7"]), _safe(r, d, 1, 10, b"/"), b""]
+        fields = [name, b"E", r.choice([b"", b"7"]), _safe(r, d, 1, 10, b"/" + nl), b""]
     interp = r.choice([b"/bin/true", b"/bin/true", b"/nonexistent/qemu", b"/etc/passwd"])
-    fields.append(interp if r.random() < 0.7 else _safe(r, d, 1, 10))
+    fields.append(interp if r.random() < 0.7 else _safe(r, d, 1, 10, b"/" + nl))
     letters = "".join(r.choice("POCF") for _ in range(r.randint(0, 4)))
     return d + d.join(fields) + d + letters.encode() + r.choice([b"", b"\n"])
 
@@ -128,6 +134,11 @@ def lines(seed: int, count: int) -> list[bytes]:
 Step = tuple[str, bytes]
 
 _SEQ_NAMES = [b"a", b"b", b"c", b"qemu-aarch64"]
+# The fake kernel opens F interpreters on the host: only paths that are the
+# same there and in the guest (and not /etc/passwd/x: the fake says ENOENT
+# where the kernel says ENOTDIR, reported to the fake's owners).
+_SEQ_INTERPRETERS = [b"/bin/true", b"/bin/true", b"", b"cat", b"/nonexistent", b"/etc/passwd"]
+_SEQ_INTERPRETERS += [b"/etc", D]
 
 
 def sequences(seed: int, count: int, length: int = 12) -> list[list[Step]]:
@@ -139,7 +150,12 @@ def sequences(seed: int, count: int, length: int = 12) -> list[list[Step]]:
         for _ in range(r.randint(1, length)):
             k = r.random()
             if k < 0.4:
-                line = plausible(r, _SEQ_NAMES) if r.random() < 0.85 else mangled(r)
+                if r.random() < 0.85:
+                    line = plausible(r, _SEQ_NAMES)
+                else:
+                    line = mangled(r, _SEQ_INTERPRETERS)
+                    while b"\n" in line[:-1]:  # see plausible(): no newline in a field
+                        line = mangled(r, _SEQ_INTERPRETERS)
                 seq.append(("register", line))
             elif k < 0.8:
                 seq.append((r.choice(["enable", "disable", "remove"]), r.choice(_SEQ_NAMES)))
