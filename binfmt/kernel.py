@@ -33,7 +33,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from typing import Optional
+from typing import Any, Optional
 
 import attrs
 
@@ -120,7 +120,12 @@ BACKPORTS: tuple[Backport, ...] = (
         mainline=(7, 3),
         # 5.10.218 and .223 accept; 6.1.170 and .176 accept, 6.1.187, .190,
         # .192 refuse; 6.12.107 and .117 refuse; 6.18.44 (CI host) refuses.
-        measured={(5, 10): (223, None), (6, 1): (176, 187), (6, 12): (None, 107), (6, 18): (None, 44)},
+        measured={
+            (5, 10): (223, None),
+            (6, 1): (176, 187),
+            (6, 12): (None, 107),
+            (6, 18): (None, 44),
+        },
         oldest_line=(5, 10),
         change="binfmt_misc: refuse flag letters as the delimiter (vfs-7.3, stable)",
     ),
@@ -146,7 +151,12 @@ BACKPORTS: tuple[Backport, ...] = (
         # Writing an F interpreter after its entry was removed: ETXTBSY on
         # 5.10.218/.223 and 6.1.170/.176; writable on 6.1.187 … .192,
         # 6.12.107/.117 and 6.18.44.
-        measured={(5, 10): (223, None), (6, 1): (176, 187), (6, 12): (None, 107), (6, 18): (None, 44)},
+        measured={
+            (5, 10): (223, None),
+            (6, 1): (176, 187),
+            (6, 12): (None, 107),
+            (6, 18): (None, 44),
+        },
         oldest_line=(5, 10),
         change="binfmt_misc: restore write access when removing an entry (vfs-7.3, stable)",
     ),
@@ -155,7 +165,12 @@ BACKPORTS: tuple[Backport, ...] = (
         mainline=(6, 19),
         # After an F registration refused with EEXIST: ETXTBSY on 5.10.218/.223;
         # writable on 6.1.170 … .192, 6.12.107/.117 and 6.18.44.
-        measured={(5, 10): (223, None), (6, 1): (None, 170), (6, 12): (None, 107), (6, 18): (None, 44)},
+        measured={
+            (5, 10): (223, None),
+            (6, 1): (None, 170),
+            (6, 12): (None, 107),
+            (6, 18): (None, 44),
+        },
         oldest_line=(5, 10),
         change="90f601b497d7 binfmt_misc: restore write access before closing files",
     ),
@@ -248,8 +263,9 @@ class KernelRules:
             flags += " F"
         if v >= (7, 3):
             flags += " T L D"
-        backported = {bp.field: bp.decide(version, patch_known) for bp in BACKPORTS}
-        return cls(
+        # Any: the fields differ in name only; each decides an Optional[bool].
+        backported: dict[str, Any] = {bp.field: bp.decide(version, patch_known) for bp in BACKPORTS}
+        rules = cls(
             version=version,
             patch_known=patch_known,
             max_register_length=1920 if v >= (3, 18) else 256,
@@ -262,8 +278,8 @@ class KernelRules:
             userns_instances=v >= (6, 7),
             requires_absolute_credentials_interpreter=v >= (7, 3),
             umount_resets_enabled=v >= (6, 7),
-            **backported,
         )
+        return attrs.evolve(rules, **backported)
 
     def unknown(self) -> tuple[str, ...]:
         """The fields this kernel's version cannot decide (``None``), in table order."""

@@ -121,7 +121,7 @@ def _recorded(rec: dict[str, Any]) -> tuple[str, object]:
 def line_mismatches(capture: Capture, field: str) -> list[tuple[bytes, object, object]]:
     rules = rules_of(capture)
     paths = capture["guest_paths"]
-    bad = []
+    bad: list[tuple[bytes, object, object]] = []
     for rec in capture[field]:
         line = base64.b64decode(rec["line"])
         want = expected(line, rules, paths)
@@ -136,8 +136,10 @@ def line_mismatches(capture: Capture, field: str) -> list[tuple[bytes, object, o
 def _fake_state(misc: Any) -> dict[str, Any]:
     state = misc.state()
     entries = [
-        [base64.b64encode(e.name.encode("utf-8", "surrogateescape")).decode(),
-         base64.b64encode(e.to_status().encode("utf-8", "surrogateescape")).decode()]
+        [
+            base64.b64encode(e.name.encode("utf-8", "surrogateescape")).decode(),
+            base64.b64encode(e.to_status().encode("utf-8", "surrogateescape")).decode(),
+        ]
         for e in state.entries
     ]
     return {"enabled": state.enabled, "entries": entries}
@@ -154,18 +156,25 @@ def sequence_mismatches(capture: Capture, tmp: Path) -> list[str]:
             try:
                 if step["op"] == "register":
                     misc.register(arg)
+                elif step["op"] == "status" and name == "-1":
+                    misc.remove_all()
                 elif step["op"] == "status":
-                    {"1": lambda: misc.set_enabled(True), "0": lambda: misc.set_enabled(False),
-                     "-1": misc.remove_all}[name]()
+                    misc.set_enabled(name == "1")
                 else:
                     getattr(misc, step["op"])(name)
                 got = "OK"
             except KernelError as exc:
                 got = exc.errno_name
-            kernel = {"errno": step["errno"], "enabled": step["enabled"], "entries": step["entries"]}
+            kernel = {
+                "errno": step["errno"],
+                "enabled": step["enabled"],
+                "entries": step["entries"],
+            }
             fake = {"errno": got, **_fake_state(misc)}
             if fake != kernel:
-                bad.append(f"sequence {i} step {j} {step['op']} {arg[:60]!r}: kernel {kernel}, fake {fake}")
+                bad.append(
+                    f"sequence {i} step {j} {step['op']} {arg[:60]!r}: kernel {kernel}, fake {fake}"
+                )
                 break
     return bad
 
@@ -181,7 +190,7 @@ def _value(fact: dict[str, Any], key: str) -> Optional[str]:
     for line in fact["output"]:
         k, _, v = line.partition(" ")
         if k == key:
-            return v
+            return str(v)
     return None
 
 
@@ -192,7 +201,9 @@ def measured_rules(capture: Capture) -> dict[str, object]:
     return {
         "preserve_argv0_auxv": _value(f["exec-p"], "at_flags") == "1",
         "open_binary_no_rewrite": f["exec-o-script"]["errno"] == "ENOEXEC",
-        "max_rewrites": 5 if _ran(f["exec-chain5"]) and f["exec-chain6"]["errno"] == "ELOOP" else None,
+        "max_rewrites": 5
+        if _ran(f["exec-chain5"]) and f["exec-chain6"]["errno"] == "ELOOP"
+        else None,
         "buffer_size": 256 if _ran(f["exec-buffer"]) and f["reg-buffer"] == "OK" else None,
         "opens_interpreter_first": {"ENOENT": True, "EEXIST": False}.get(f["reg-dup-missing"]),
         "releases_interpreter_on_remove": f["write-f-removed"] == "OK",

@@ -45,7 +45,7 @@ from .debs import CACHE
 from .initramfs import Initramfs
 from .protocol import Op, Result, decode, encode
 
-__all__ = ["GUEST_PATHS", "build_helper", "facts_plan", "run"]
+__all__ = ["build_helper", "facts_plan", "guest_paths", "run"]
 
 HERE = Path(__file__).resolve().parent
 TESTS = HERE.parent
@@ -53,23 +53,26 @@ CORPUS = TESTS / "data" / "register-lines.jsonl"
 FIXTURES = TESTS / "data" / "kernels"
 MNT = "/m"
 
-#: Every path a register line of the run may name as an interpreter, as the
-#: guest has it: ``x`` an executable file, ``f`` a plain file, ``d`` a
-#: directory (anything else does not exist). open_exec() in the guest is
-#: predicted from this, not from the host's files.
-GUEST_PATHS = {
-    "/": "d",
-    "/bin": "d",
-    "/bin/busybox": "x",
-    "/bin/cat": "x",
-    "/bin/true": "x",
-    "/bin/sh": "x",
-    "/etc": "d",
-    "/etc/passwd": "f",
-    "/t": "d",
-    "/t/showargs": "x",
-    "/t/helper": "x",
-}
+#: The guest's files as ``find`` lists them before the jobs run (its root
+#: file system, plus the mount points): path → ``x`` an executable file (or a
+#: symlink: all of them point at busybox), ``f`` another file, ``d`` a
+#: directory. open_exec() in the guest is predicted from this, not from the
+#: host's files.
+_LIST = """
+find / -xdev -type d > /out/00-dirs
+find / -xdev -type f -perm -100 > /out/00-exec
+find / -xdev -type f ! -perm -100 > /out/00-files
+find / -xdev -type l > /out/00-links
+"""
+
+
+def guest_paths(files: dict[str, bytes]) -> dict[str, str]:
+    paths: dict[str, str] = {}
+    for name, kind in (("00-dirs", "d"), ("00-exec", "x"), ("00-files", "f"), ("00-links", "x")):
+        for line in files[name].decode(errors="surrogateescape").splitlines():
+            paths[line] = kind
+    return dict(sorted(paths.items()))
+
 
 #: Payload magics (the first bytes of the files the exec probes run).
 _SHOWARGS = "/t/showargs"
@@ -198,7 +201,10 @@ def facts_plan() -> list[Op]:
     ops += [Op.open_write("/t/fixed", "write-f-removed")]
     ops += [Op.copy(_SHOWARGS, "/t/fixed2", "copy-fixed2")]
     ops += [_reg(f":dup:M::DUP1::{_SHOWARGS}:", "reg-dup")]
-    ops += [_reg(":dup:M::DUP2::/t/fixed2:F", "reg-dup-f"), Op.open_write("/t/fixed2", "write-f-failed")]
+    ops += [
+        _reg(":dup:M::DUP2::/t/fixed2:F", "reg-dup-f"),
+        Op.open_write("/t/fixed2", "write-f-failed"),
+    ]
     # Interpreter open vs name check: a taken name with a missing F interpreter.
     ops += [_reg(":dup:M::DUP3::/nonexistent/x:F", "reg-dup-missing")]
     ops += [Op.write(f"{MNT}/status", b"-1")]
@@ -220,13 +226,16 @@ def facts_plan() -> list[Op]:
 
 _PASSWD = "root:x:0:0:root:/:/bin/sh\n"
 
-_COMMANDS = """
+_COMMANDS = (
+    _LIST
+    + """
 for job in /t/jobs/*; do
     name=${job##*/}
     echo; echo "@@JOB $name $(cut -d' ' -f1 /proc/uptime)"
     /t/helper batch "$job" "/out/$name" || echo "@@ERROR $name exit $?"
 done
 """
+)
 
 
 def build_initramfs(
@@ -393,7 +402,7 @@ def run(
             "boot_s": round(result.seconds, 1),
             "init_s": None if result.init_seconds is None else round(result.init_seconds, 1),
         },
-        "guest_paths": GUEST_PATHS,
+        "guest_paths": guest_paths(files),
         "corpus": line_answers(corpus, answers["20-corpus"]),
         "generated": line_answers(gen, answers["30-generated"]),
         "sequences": sequence_answers(seqs, answers["40-sequences"]),
@@ -412,14 +421,16 @@ def select(spec: str) -> list[kernels.KernelPackage]:
 
 def record(capture: dict[str, Any]) -> Path:
     """Write a capture as the checked-in fixture of its release."""
-    out = FIXTURES / capture["kernel"]["release"] / "capture.json"
+    out: Path = FIXTURES / str(capture["kernel"]["release"]) / "capture.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(capture, indent=0, sort_keys=True) + "\n")
     return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tests.vm.matrix", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m tests.vm.matrix", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--kernels", default="matrix", help="matrix (default), all, or package names")
     ap.add_argument("--seed", type=int, default=None, help="seed of the generated lines")
     ap.add_argument("--lines", type=int, default=3000, help="generated lines per kernel")
