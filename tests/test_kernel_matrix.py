@@ -66,18 +66,24 @@ def rules_of(capture: Capture) -> KernelRules:
 
 
 def guest_open_exec(path: str, paths: dict[str, str]) -> int:
-    """open_exec() in the guest, from the recorded list of its paths."""
-    full = path if path.startswith("/") else "/" + path  # the helper's cwd is /
-    parts = [p for p in full.split("/") if p]
-    for i in range(1, len(parts)):
-        kind = paths.get("/" + "/".join(parts[:i]))
+    """open_exec() in the guest, walked component by component over its recorded paths."""
+    if not path:
+        return errno.ENOENT
+    current: list[str] = []  # the helper's cwd is /
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            current = current[:-1]
+            continue
+        kind = paths.get("/" + "/".join([*current, part]))
         if kind is None:
             return errno.ENOENT
-        if kind != "d":
-            return errno.ENOTDIR
-    kind = paths.get("/" + "/".join(parts)) if parts else "d"
-    if kind is None:
-        return errno.ENOENT
+        if kind != "d" and i + 1 < len(parts):
+            return errno.ENOTDIR  # a file in the middle, or followed by a slash
+        current.append(part)
+    kind = paths.get("/" + "/".join(current), "d") if current else "d"
     return 0 if kind == "x" else errno.EACCES
 
 
@@ -103,8 +109,9 @@ def _fixed_interpreter(line: bytes, rules: KernelRules) -> Optional[str]:
     fields = line[1:].split(delim)
     if len(fields) < 7:
         return None
+    name = b"n" if delim != b"n" else b"m"  # any valid name that is not the delimiter
     try:
-        entry = Entry.parse(delim + b"x" + delim + delim.join(fields[1:]), rules)
+        entry = Entry.parse(delim + name + delim + delim.join(fields[1:]), rules)
     except InvalidEntry:
         return None
     return entry.interpreter if Flags.FIX_BINARY in entry.flags else None

@@ -29,7 +29,7 @@ _PIECES += [b"\\\\", b"\\n", b"\x00", b"x", b"/", b".", D, b"\n", b"\\X41", b"\\
 #: Interpreters of generated lines: their open_exec() answer in the guest is known.
 INTERPRETERS = [b"/bin/true", b"/bin/true", b"/t/showargs", b"", b"cat", b"/bin/x y"]
 INTERPRETERS += [b"/nonexistent", b"/etc/passwd", b"/etc", b"/bin/\x00x", b"/bin/true\n"]
-INTERPRETERS += [b"/etc/passwd/x", D]
+INTERPRETERS += [b"/etc/passwd/x", D, b".", b"/bin/true/", b"/nonexistent/../bin/true", b"bin/cat"]
 _ENDINGS = [b"", b"", b"", b"\n", b"\n\n", b"\r\n", b" "]
 
 
