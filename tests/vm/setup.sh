@@ -1,11 +1,12 @@
 #!/bin/sh
 # Install what the kernel-matrix layer (tests/vm, tests/test_kernel_matrix.py)
-# needs on the host, as root: qemu-system-x86 (TCG only, never KVM), cpio and
-# xz-utils (initramfs and modules), gcc and libc6-dev (the static guest
-# helper), then fetch and unpack the kernels and busybox into tests/.cache/vm
-# (python3 -m tests.vm.fetch; cached by package name and version, so a second
-# run downloads nothing). Idempotent. Another installer may hold the dpkg
-# lock for a while: apt waits for it (DPkg::Lock::Timeout).
+# needs on the host, as root: qemu-system-x86 (TCG only, never KVM), gcc and
+# libc6-dev (the static guest helper). The initramfs and the modules are
+# handled in Python, so neither cpio nor xz is needed. The kernels and busybox
+# are fetched by the tests themselves into tests/.cache/vm, once (cached by
+# package name and version; `python3 -m tests.vm.fetch` does it ahead of time).
+# Idempotent. Another installer may hold the dpkg lock for a while: apt waits
+# for it (DPkg::Lock::Timeout).
 set -eu
 cd "$(dirname "$0")/../.."
 if [ "$(id -u)" != 0 ]; then
@@ -15,7 +16,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 apt="apt-get -q -o DPkg::Lock::Timeout=600"
 missing=""
-for pkg in qemu-system-x86 cpio xz-utils gcc libc6-dev; do
+for pkg in qemu-system-x86 gcc libc6-dev dpkg-dev; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -24,7 +25,6 @@ if [ -n "$missing" ]; then
     $apt update || echo "tests/vm/setup.sh: apt-get update exited $? (checking packages instead)" >&2
     $apt install -y --no-install-recommends $missing
 fi
-for tool in qemu-system-x86_64 cpio xz gcc; do
+for tool in qemu-system-x86_64 gcc dpkg-deb; do
     command -v "$tool" >/dev/null 2>&1 || { echo "tests/vm/setup.sh: error: $tool missing after install" >&2; exit 1; }
 done
-exec python3 -m tests.vm.fetch
