@@ -90,6 +90,9 @@ class Host:
     unknown: tuple[str, ...] = ()
     #: How each compat decision was reached, for humans (``("i386", "CONFIG_IA32_EMULATION=y")``).
     evidence: tuple[tuple[str, str], ...] = ()
+    #: ``uname -v`` (and Ubuntu's ``/proc/version_signature``), where distributions
+    #: keep the real patch level that decides the stable-backport rules.
+    version: str = ""
 
     @property
     def primary(self) -> Optional[str]:
@@ -98,8 +101,8 @@ class Host:
 
     @property
     def kernel(self) -> KernelRules:
-        """The rules of this host's kernel release."""
-        return KernelRules.for_release_or_default(self.release)
+        """The rules of this host's kernel (release, and the patch level ``version`` gives)."""
+        return KernelRules.for_release_or_default(self.release, self.version or None)
 
     def runs_natively(self, target: str) -> bool:
         """Whether the kernel runs ``target``'s binaries itself."""
@@ -123,6 +126,7 @@ class Host:
         tree in tests).
         """
         uname = os.uname()
+        signature = read_proc_file(os.path.join(host_root, "proc/version_signature")) or ""
         return cls.from_facts(
             uname.machine,
             uname.release,
@@ -131,6 +135,7 @@ class Host:
             aarch32_el0=read_proc_file(
                 os.path.join(host_root, "sys/devices/system/cpu/aarch32_el0")
             ),
+            version="\n".join(v for v in (uname.version, signature.strip()) if v),
         )
 
     @classmethod
@@ -143,11 +148,15 @@ class Host:
         cmdline: str = "",
         aarch32_el0: Optional[str] = None,
         byteorder: str = sys.byteorder,
+        version: str = "",
     ) -> Host:
-        """Decide from what the kernel reports; ``config`` is the parsed kernel config."""
+        """Decide from what the kernel reports; ``config`` is the parsed kernel config.
+
+        ``version`` is ``uname -v`` (and ``/proc/version_signature``), for the patch level.
+        """
         primary = primary_target(machine, byteorder)
         if primary is None:
-            return cls(machine, release, ())
+            return cls(machine, release, (), version=version)
         native = [primary]
         unknown: list[str] = []
         evidence: list[tuple[str, str]] = []
@@ -159,7 +168,7 @@ class Host:
                 unknown.append(target)
             elif verdict:
                 native.append(target)
-        return cls(machine, release, tuple(native), tuple(unknown), tuple(evidence))
+        return cls(machine, release, tuple(native), tuple(unknown), tuple(evidence), version)
 
 
 def _compat_verdict(
