@@ -23,16 +23,21 @@ from .errors import (
     UnknownTarget,
 )
 from .host import Host
-from .kernel import KernelRules
 from .procfs import DEFAULT_PATH, BinfmtMisc, State
 from .qemu import SIGNATURES, Signature
 
 if TYPE_CHECKING:
     from .findings import Finding
+    from .kernel import KernelRules
     from .prediction import Verdict, predict
 
-# Loaded on first use: they pull in the ELF reader, which `status` never needs.
-_LAZY = {"predict": "prediction", "Verdict": "prediction", "Finding": "findings"}
+# Loaded on first use: `status` needs none of them (the ELF reader, the kernel rules).
+_LAZY = {
+    "predict": "prediction",
+    "Verdict": "prediction",
+    "Finding": "findings",
+    "KernelRules": "kernel",
+}
 
 
 def __getattr__(name: str) -> Any:

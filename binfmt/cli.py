@@ -8,22 +8,25 @@ success, 1 the command ran but found a failure (not mounted, a binary that
 would not run …), 2 usage errors. Errors are one line on stderr,
 ``binfmt: error: …``, never a traceback.
 
-Only the parser of the command being run is built (start-up matters on
-nodes where a DaemonSet runs ``status`` in a loop); :func:`build_parser`
-builds them all, for ``--help`` and the documentation tests.
+Only the parser of the command being run is built (:func:`command_parser`;
+start-up matters on nodes where a DaemonSet runs ``status`` in a loop);
+:func:`build_parser` builds them all, for ``--help`` and the documentation
+tests.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, Any, Callable, NoReturn, Optional
 
 from .errors import BinfmtError, NotMounted
 from .output import printable, terminal_text
 
-__all__ = ["OPTION_FLAGS", "build_parser", "main"]
+__all__ = ["OPTION_FLAGS", "build_parser", "command_parser", "main"]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -45,8 +48,14 @@ OPTION_FLAGS = {
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
     args_list = _join_dash_values(sys.argv[1:] if argv is None else list(argv))
-    parser = build_parser(only=_command_of(args_list))
-    args = parser.parse_args(args_list)
+    command = _command_of(args_list)
+    if command is not None and args_list[0] == command:
+        # The usual case: only this command's parser is built.
+        parser = command_parser(command)
+        args = parser.parse_args(args_list[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(args_list)
     handler: Optional[Handler] = getattr(args, "handler", None)
     if handler is None:
         parser.print_usage(sys.stderr)
@@ -177,8 +186,35 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, measuring the terminal without importing shutil.
+
+    argparse makes a formatter for every option it adds; the stock one imports
+    ``shutil`` (and with it the compression modules) to ask the width: a few
+    milliseconds of every start, for help text that is rarely printed.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_width())
+
+
+@functools.cache
+def _terminal_width() -> int:
+    import os
+
+    try:
+        width = os.get_terminal_size().columns
+    except OSError:
+        width = int(os.environ.get("COLUMNS", "80") or 80)
+    return max(width, 40) - 2
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with usage errors as the one line every other error is."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         where = "" if self.prog == "binfmt" else f"{self.prog}: "
@@ -188,18 +224,54 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
-def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The argument parser: every command, or with ``only`` just that one (faster)."""
+# Makes the parser of one command: (name, help=…, description=…) → parser.
+_NewParser = Callable[..., argparse.ArgumentParser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole argument parser: ``binfmt [--version] COMMAND …`` with every command."""
     parser = _Parser(
         prog="binfmt",
         description="Inspect, predict and manage Linux binfmt_misc (QEMU user-mode emulation).",
     )
     parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND", parser_class=_Parser)
-    for name, add in _COMMANDS.items():
-        if only is None or name == only:
-            add(commands)
+    for add in _COMMANDS.values():
+        add(commands.add_parser)
     return parser
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one command alone (``binfmt NAME …``): what a start needs, and no more."""
+    made: list[argparse.ArgumentParser] = []
+
+    def make(command: str, *, help: str, description: str) -> argparse.ArgumentParser:
+        made.append(_Parser(prog=f"binfmt {command}", description=description))
+        return made[-1]
+
+    with _english_section_titles():
+        _COMMANDS[name](make)
+    return made[0]
+
+
+@contextlib.contextmanager
+def _english_section_titles() -> Iterator[None]:
+    """While a parser is built, argparse's own labels stay English, like every binfmt text.
+
+    argparse asks gettext for its section titles ("options", "positional
+    arguments") and the help line of ``-h`` while it *builds* a parser, and
+    gettext's first lookup imports :mod:`locale` and normalises the locale: a
+    sixth of what ``binfmt status`` costs beyond its imports
+    (``docs/performance.rst``), for titles shown only with ``--help``, under
+    help texts that are English anyway. Messages argparse makes while parsing
+    (usage errors) are still looked up as usual.
+    """
+    translate = argparse._  # type: ignore[attr-defined]
+    argparse._ = str  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        argparse._ = translate  # type: ignore[attr-defined]
 
 
 def _procfs_option(parser: argparse.ArgumentParser) -> None:
@@ -235,8 +307,8 @@ def _not_mounted_warning(state: Any, what: str) -> None:
 # -- status -----------------------------------------------------------------
 
 
-def _add_status(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_status(commands: _NewParser) -> None:
+    p = commands(
         "status",
         help="show binfmt_misc's state: mount, switch, entries in lookup order",
         description="Show binfmt_misc's state: whether it is mounted and enabled, the host, "
@@ -299,8 +371,8 @@ def _run_status(args: argparse.Namespace) -> int:
 # -- check ------------------------------------------------------------------
 
 
-def _add_check(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_check(commands: _NewParser) -> None:
+    p = commands(
         "check",
         help="predict what the kernel does when each file is executed",
         description="Predict, for each file, which handler the kernel picks (binfmt_misc entry, "
@@ -386,8 +458,8 @@ def _install_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_install(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_install(commands: _NewParser) -> None:
+    p = commands(
         "install",
         help="register QEMU for foreign architectures",
         description="Register QEMU user-mode emulation for the given targets (QEMU names, "
@@ -444,8 +516,8 @@ def _run_install(args: argparse.Namespace) -> int:
     return _change(args, misc, lambda state: plan(args.targets, options, state=state, host=host))
 
 
-def _add_uninstall(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_uninstall(commands: _NewParser) -> None:
+    p = commands(
         "uninstall",
         help="remove named entries, or QEMU's entries for targets",
         description="Remove entries: a NAME removes that entry, whoever made it; a TARGET "
@@ -472,8 +544,8 @@ def _run_uninstall(args: argparse.Namespace) -> int:
     )
 
 
-def _add_load(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_load(commands: _NewParser) -> None:
+    p = commands(
         "load",
         help="register what binfmt.d files say, like systemd-binfmt but without wiping others",
         description="Register the entries of binfmt.d directories or files. Directories are "
@@ -533,8 +605,8 @@ def _change(args: argparse.Namespace, misc: Any, make_plan: Callable[[Any], Any]
 # -- verify -------------------------------------------------------------------------
 
 
-def _add_verify(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_verify(commands: _NewParser) -> None:
+    p = commands(
         "verify",
         help="prove emulation works by running a tiny program per architecture",
         description="Run a tiny static 'exit 42' program for each target (default: what the "
@@ -588,8 +660,8 @@ def _same_instance(a: str, b: str) -> bool:
 # -- scan ---------------------------------------------------------------------------
 
 
-def _add_scan(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_scan(commands: _NewParser) -> None:
+    p = commands(
         "scan",
         help="classify every program in a container root: native, emulated, script, fails",
         description="Walk ROOTFS (an extracted image, or any tree) and classify every file "
@@ -640,8 +712,8 @@ def _run_scan(args: argparse.Namespace) -> int:
 # -- export ---------------------------------------------------------------------------
 
 
-def _add_export(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_export(commands: _NewParser) -> None:
+    p = commands(
         "export",
         help="write registrations as binfmt.d, Debian format or register lines",
         description="Write the registrations that 'install TARGET…' would make (same options), "
@@ -723,8 +795,8 @@ def _run_export(args: argparse.Namespace) -> int:
 # -- doctor -------------------------------------------------------------------------
 
 
-def _add_doctor(commands: Any) -> None:
-    p = commands.add_parser(
+def _add_doctor(commands: _NewParser) -> None:
+    p = commands(
         "doctor",
         help="diagnose the node: every problem with its fix",
         description="Check binfmt_misc on this node: mount and switch, kernel, user "

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import enum
 import errno
-import string
-from typing import Optional, Union
+import functools
+from typing import TYPE_CHECKING, Optional, Union
 
 import attrs
 
 from . import text
 from .errors import InvalidEntry, MalformedStatus
-from .kernel import KernelRules
+
+if TYPE_CHECKING:  # loaded on first use: reading entries (status) needs no kernel rules
+    from .kernel import KernelRules
 
 __all__ = [
     "INT_MAX",
@@ -51,7 +53,7 @@ _DIGITS = frozenset(b"0123456789")
 _DELIMITER_CHOICES = ":|!%@,=~^+&*$?<>`'\"-_[]{}()"
 # Bytes written literally in magic/mask; everything else as \xHH. Letters and
 # digits only, which reproduces QEMU's own spelling of its table (\x7fELF\x02…).
-_LITERAL = frozenset((string.ascii_letters + string.digits).encode())
+_LITERAL = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 
 
 _decode = text.decode
@@ -86,6 +88,13 @@ def masked_key(data: bytes, offset: int, size: int, mask: Optional[int]) -> int:
         window = window + bytes(size - len(window))
     value = int.from_bytes(window, "big")
     return value if mask is None else value & mask
+
+
+@functools.lru_cache(maxsize=4096)
+def _magic_key(magic: bytes, mask: Optional[bytes]) -> tuple[Optional[int], int]:
+    """An entry's side of the comparison: its mask as bits, and its magic's key."""
+    bits = mask_bits(mask)
+    return bits, masked_key(magic, 0, len(magic), bits)
 
 
 def extension_of(path: str) -> Optional[str]:
@@ -127,40 +136,40 @@ class Flags(enum.Flag):
 
         Raises :class:`InvalidEntry` for a letter that is not a flag.
         """
-        result = cls(0)
+        bits = 0
         for letter in letters:
             try:
-                result |= _BY_LETTER[letter]
+                bits |= _BIT_OF[letter]
             except KeyError:
                 raise InvalidEntry(
                     "flags", letters, f"{letter!r} is not a flag letter (known: POCFTL)"
                 ) from None
-        return result.normalized()
+        return cls(_implied(bits))
 
     def normalized(self) -> Flags:
         """Add the bits the kernel sets implicitly (``C`` → ``O``, ``T`` → ``O``)."""
-        if self & (Flags.CREDENTIALS | Flags.TRANSPARENT):
-            return self | Flags.OPEN_BINARY
-        return self
+        bits = _implied(self.value)
+        return self if bits == self.value else Flags(bits)
 
     @property
     def letters(self) -> str:
         """The letters in the kernel's print order (``P O C F T L``)."""
-        return "".join(letter for letter, flag in _ORDER if flag in self)
+        # Plain integers: enum's operators cost a lot for something every entry asks.
+        bits = self.value
+        return "".join(letter for letter, bit in _ORDER_BITS if bits & bit)
 
     def __str__(self) -> str:
         return self.letters
 
 
-_ORDER = (
-    ("P", Flags.PRESERVE_ARGV0),
-    ("O", Flags.OPEN_BINARY),
-    ("C", Flags.CREDENTIALS),
-    ("F", Flags.FIX_BINARY),
-    ("T", Flags.TRANSPARENT),
-    ("L", Flags.LOADER),
-)
-_BY_LETTER = dict(_ORDER)
+# The letters in the kernel's print order, with their bits.
+_ORDER_BITS = (("P", 1), ("O", 2), ("C", 4), ("F", 8), ("T", 16), ("L", 32))
+_BIT_OF = dict(_ORDER_BITS)
+
+
+def _implied(bits: int) -> int:
+    """C (4) and T (16) imply O (2), as the kernel stores them."""
+    return bits | 2 if bits & (4 | 16) else bits
 
 
 def _to_flags(value: Union[Flags, str]) -> Flags:
@@ -257,7 +266,7 @@ class Entry:
         7.3 flag combinations, and that the rendered register line fits.
         Returns ``self`` so it can be chained.
         """
-        rules = kernel or KernelRules.running()
+        rules = _rules(kernel)
         if self.type is EntryType.MAGIC:
             _check_window(self.offset, self.size, rules.buffer_size)
         for letter in self.flags.letters:
@@ -285,7 +294,7 @@ class Entry:
         :meth:`binfmt.BinfmtMisc.register`).
         """
         data = _encode(line) if isinstance(line, str) else bytes(line)
-        return _RegisterParser(data, kernel or KernelRules.running()).parse()
+        return _RegisterParser(data, _rules(kernel)).parse()
 
     def to_register(self, kernel: Optional[KernelRules] = None) -> str:
         """A register line the kernel accepts and that :meth:`parse` turns back into this entry.
@@ -294,7 +303,7 @@ class Entry:
         enabled). The delimiter is ``:`` unless a field contains one, then the
         first of ``|!%@,=…`` that no field contains.
         """
-        rules = kernel or KernelRules.running()
+        rules = _rules(kernel)
         texts = [self.name, self.interpreter, self.extension or ""]
         delim = _choose_delimiter(texts)
         if self.type is EntryType.EXTENSION:
@@ -364,12 +373,29 @@ class Entry:
         """
         if self.type is EntryType.EXTENSION:
             return extension_of(path) == self.extension
-        mask = mask_bits(self.mask)
-        key = masked_key(header, self.offset, self.size, mask)
-        return key == masked_key(self.magic, 0, self.size, mask)
+        offset, size, mask, key = self.comparison()
+        return masked_key(header, offset, size, mask) == key
+
+    def comparison(self) -> tuple[int, int, Optional[int], int]:
+        """What :meth:`matches` compares: ``(offset, size, mask bits, key)``.
+
+        A file matches when ``masked_key(header, offset, size, mask) == key``
+        (:func:`masked_key`). For magic entries only.
+        """
+        mask, key = _magic_key(self.magic, self.mask)
+        return self.offset, len(self.magic), mask, key
 
 
 # -- validation helpers -----------------------------------------------------
+
+
+def _rules(kernel: Optional[KernelRules]) -> KernelRules:
+    """``kernel``, or the running kernel's rules."""
+    if kernel is not None:
+        return kernel
+    from .kernel import KernelRules
+
+    return KernelRules.running()
 
 
 def _check_name(name: str) -> None:

@@ -16,14 +16,16 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import attrs
 
 from . import text
 from .entry import Entry, Flags
 from .errors import InvalidEntry
-from .kernel import KernelRules
+
+if TYPE_CHECKING:
+    from .kernel import KernelRules
 
 __all__ = ["FakeKernel", "FakeRefusal", "is_fake_tree", "read_order"]
 

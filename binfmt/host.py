@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Optional
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Optional, Union
 
 import attrs
 
 from . import qemu
 from .entry import Entry
-from .kernel import KernelRules
 
-__all__ = ["Host", "primary_target", "read_proc_file"]
+if TYPE_CHECKING:  # loaded on first use: `status` needs no kernel rules
+    from .kernel import KernelRules
+
+__all__ = ["Host", "KernelConfig", "primary_target", "read_proc_file"]
 
 # uname -m → the QEMU target of the kernel's own binaries.
 _MACHINE_TARGET = {
@@ -102,6 +105,8 @@ class Host:
     @property
     def kernel(self) -> KernelRules:
         """The rules of this host's kernel (release, and the patch level ``version`` gives)."""
+        from .kernel import KernelRules
+
         return KernelRules.for_release_or_default(self.release, self.version or None)
 
     def runs_natively(self, target: str) -> bool:
@@ -144,7 +149,7 @@ class Host:
         machine: str,
         release: str,
         *,
-        config: Optional[dict[str, str]] = None,
+        config: Union[Mapping[str, str], KernelConfig, None] = None,
         cmdline: str = "",
         aarch32_el0: Optional[str] = None,
         byteorder: str = sys.byteorder,
@@ -174,7 +179,7 @@ class Host:
 def _compat_verdict(
     primary: str,
     option: str,
-    config: Optional[dict[str, str]],
+    config: Union[Mapping[str, str], KernelConfig, None],
     cmdline: str,
     aarch32_el0: Optional[str],
 ) -> tuple[Optional[bool], str]:
@@ -214,21 +219,35 @@ def read_proc_file(path: str) -> Optional[str]:
         return None
 
 
-def _kernel_config(root: str, release: str) -> Optional[dict[str, str]]:
-    """The running kernel's config from /proc/config.gz or /boot/config-RELEASE."""
-    import gzip  # only here: it is slow to import and rarely needed
-
-    text: Optional[str] = None
-    try:
-        with gzip.open(os.path.join(root, "proc/config.gz"), "rt", errors="replace") as f:
-            text = f.read()
-    except (OSError, EOFError):
-        text = read_proc_file(os.path.join(root, "boot", f"config-{release}"))
+def _kernel_config(root: str, release: str) -> Optional[KernelConfig]:
+    """The running kernel's config from /boot/config-RELEASE or /proc/config.gz."""
+    text = read_proc_file(os.path.join(root, "boot", f"config-{release}"))
     if text is None:
-        return None
-    config = {}
-    for line in text.splitlines():
-        if line.startswith("CONFIG_") and "=" in line:
-            key, _, value = line.partition("=")
-            config[key] = value
-    return config
+        import zlib
+
+        try:
+            with open(os.path.join(root, "proc/config.gz"), "rb") as f:
+                text = zlib.decompress(f.read(), 16 + zlib.MAX_WBITS).decode("utf-8", "replace")
+        except (OSError, zlib.error):
+            return None
+    return KernelConfig(text)
+
+
+class KernelConfig:
+    """A kernel config (``CONFIG_X=value`` lines), read option by option.
+
+    Host detection needs two or three of its ~8,000 options; looking each up
+    costs less than parsing them all (a measurable part of every start).
+    """
+
+    def __init__(self, text: str) -> None:
+        self._text = "\n" + text  # every line, the first too, starts after a newline
+
+    def get(self, key: str, default: Optional[str] = None) -> Optional[str]:
+        """The value of option ``key`` (``"y"``, ``"m"``, ``'"text"'``), or ``default``."""
+        start = self._text.find(f"\n{key}=")
+        if start < 0:
+            return default
+        start += len(key) + 2
+        end = self._text.find("\n", start)
+        return self._text[start : end if end >= 0 else None]

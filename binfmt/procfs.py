@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import attrs
 
@@ -33,7 +33,9 @@ from .errors import (
     PermissionDenied,
 )
 from .fakekernel import SPECIAL_FILES, FakeKernel, FakeRefusal, is_fake_tree, read_order
-from .kernel import KernelRules
+
+if TYPE_CHECKING:  # loaded on first use: reading a tree needs no kernel rules
+    from .kernel import KernelRules
 
 __all__ = ["DEFAULT_PATH", "BinfmtMisc", "State"]
 
@@ -105,8 +107,7 @@ class BinfmtMisc:
         #: The directory: the kernel's mount, or a fake tree.
         self.path = os.fspath(path)
         self._kernel = kernel
-        self._fake: Optional[FakeKernel] = None
-        self._decided = False
+        self._fake: Optional[bool] = None  # decided once, when found mounted
 
     def __repr__(self) -> str:
         return f"BinfmtMisc({self.path!r})"
@@ -114,7 +115,11 @@ class BinfmtMisc:
     @property
     def kernel(self) -> KernelRules:
         """The rules used to explain refusals and to emulate a fake tree."""
-        return self._kernel or KernelRules.running()
+        if self._kernel is not None:
+            return self._kernel
+        from .kernel import KernelRules
+
+        return KernelRules.running()
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -127,15 +132,10 @@ class BinfmtMisc:
 
     def is_fake(self) -> bool:
         """Whether this is a fake tree (its ``register`` is readable; the kernel's is not)."""
-        return self._fake_kernel() is not None
-
-    def _fake_kernel(self) -> Optional[FakeKernel]:
-        """The simulated kernel of a fake tree, or ``None``: decided once, when mounted."""
-        if not self._decided:
+        if self._fake is None:
             if not self.is_mounted():
-                return None  # nothing there yet: decide when something is
-            self._fake = FakeKernel(self.path, self.kernel) if is_fake_tree(self.path) else None
-            self._decided = True
+                return False  # nothing there yet: decide when something is
+            self._fake = is_fake_tree(self.path)
         return self._fake
 
     def state(self) -> State:
@@ -280,9 +280,8 @@ class BinfmtMisc:
     def _write(self, name: str, data: bytes) -> None:
         """Exactly one ``write(2)`` of ``data`` to ``name`` (emulated on a fake tree)."""
         path = self._file(name)
-        fake = self._fake_kernel()
-        if fake is not None:
-            fake.write(name, data)
+        if self.is_fake():
+            FakeKernel(self.path, self.kernel).write(name, data)
             return
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
@@ -345,6 +344,8 @@ def _guess_name(line: str) -> Optional[str]:
 
 def _guess_interpreter_and_flags(line: str) -> tuple[str, Optional[Flags]]:
     try:
+        from .kernel import KernelRules
+
         entry = Entry.parse(line, KernelRules(flag_letters="POCFTLD"))
     except InvalidEntry:
         return "", None

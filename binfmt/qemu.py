@@ -17,7 +17,6 @@ other target's.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import struct
 from collections.abc import Iterable, Mapping
@@ -489,6 +488,8 @@ def _index() -> Mapping[str, Signature]:
 
 def _unknown(text: str, candidates: Iterable[str], what: str) -> UnknownTarget:
     choices = sorted(set(candidates))
+    import difflib  # only for the error message
+
     close = difflib.get_close_matches(text.strip().lower(), choices, n=5, cutoff=0.6)
     if close:
         hint = "did you mean " + ", ".join(repr(c) for c in close) + "?"
@@ -580,7 +581,9 @@ def tests_same_bits(entry: Entry, sig: Signature) -> bool:
     mask = entry.mask if entry.mask is not None else b"\xff" * entry.size
     if entry.offset != 0 or mask != sig.mask:
         return False
-    return all((a ^ b) & m == 0 for a, b, m in zip(entry.magic, sig.magic, mask))
+    bits = mask_bits(mask)
+    size = len(mask)
+    return masked_key(entry.magic, 0, size, bits) == masked_key(sig.magic, 0, size, bits)
 
 
 def coverage(entry: Entry, sig: Signature) -> Coverage:
@@ -592,10 +595,53 @@ def coverage(entry: Entry, sig: Signature) -> Coverage:
     """
     if entry.type is not EntryType.MAGIC:
         return "none"
-    hits = entry.matches(sig.header(_ET_EXEC)) + entry.matches(sig.header(_ET_DYN))
-    return "all" if hits == 2 else "some" if hits else "none"
+    offset, size, mask, key = entry.comparison()
+    static, pie = _targets_by_key(offset, size, mask)
+    hits = (sig.name in static.get(key, ())) + (sig.name in pie.get(key, ()))
+    return ("none", "some", "all")[hits]
 
 
+@functools.lru_cache(maxsize=256)
+def _targets_by_key(
+    offset: int, size: int, mask: Optional[int]
+) -> tuple[dict[int, list[str]], dict[int, list[str]]]:
+    """For one way of comparing (offset, size, mask): the targets whose ET_EXEC, and
+    whose ET_DYN, header gives each key, in table order.
+
+    Entries that compare the same bytes (QEMU's 34 share ten ways) then cost
+    a dictionary lookup each, whatever the number of targets.
+    """
+    # masked_key(header, offset, size, mask) is the unmasked window, masked
+    # (-1 keeps every bit of a non-negative int).
+    bits = -1 if mask is None else mask
+    static: dict[int, list[str]] = {}
+    pie: dict[int, list[str]] = {}
+    for name, (static_window, pie_window) in _windows(offset, size).items():
+        static.setdefault(static_window & bits, []).append(name)
+        pie.setdefault(pie_window & bits, []).append(name)
+    return static, pie
+
+
+@functools.cache
+def _program_headers() -> dict[str, tuple[bytes, bytes]]:
+    """Each target's ET_EXEC and ET_DYN headers, built once."""
+    return {sig.name: (sig.header(_ET_EXEC), sig.header(_ET_DYN)) for sig in SIGNATURES}
+
+
+@functools.lru_cache(maxsize=64)
+def _windows(offset: int, size: int) -> dict[str, tuple[int, int]]:
+    """Each target's ET_EXEC and ET_DYN header bytes at ``offset``, ``size`` long, unmasked.
+
+    Entries compare few distinct windows (QEMU's 34 targets: two), so they are
+    worked out once and each identification costs two ``&`` per target.
+    """
+    return {
+        name: (masked_key(static, offset, size, None), masked_key(pie, offset, size, None))
+        for name, (static, pie) in _program_headers().items()
+    }
+
+
+@functools.lru_cache(maxsize=4096)
 def identify(entry: Entry) -> tuple[Signature, ...]:
     """The targets an entry runs: those whose programs it all matches (:func:`coverage`).
 
@@ -607,7 +653,10 @@ def identify(entry: Entry) -> tuple[Signature, ...]:
     """
     if entry.type is not EntryType.MAGIC:
         return ()
-    found = [sig for sig in SIGNATURES if coverage(entry, sig) == "all"]
+    offset, size, mask, key = entry.comparison()
+    static, pie = _targets_by_key(offset, size, mask)
+    both = pie.get(key, ())
+    found = [_by_name()[name] for name in static.get(key, ()) if name in both]
     exact = [sig for sig in found if tests_same_bits(entry, sig)]
     return tuple(exact + [sig for sig in found if sig not in exact])
 

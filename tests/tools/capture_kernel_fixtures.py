@@ -3,7 +3,7 @@
 
 Run as root (or with unprivileged user namespaces) on Linux 6.7+:
 
-    python tests/tools/capture_kernel_fixtures.py
+    python tests/tools/capture_kernel_fixtures.py [--trees NAME ...]
 
 It writes
 
@@ -255,6 +255,24 @@ DISABLE = {"mixed-registrants": ["jar"]}
 GLOBAL_OFF = {"spec-examples"}
 
 
+def _forty_lines() -> list[str]:
+    """A busy node: QEMU's 34 targets (all x86_64 binaries' neighbours) and 6 other registrants.
+
+    The start-up benchmark's tree (docs/performance.rst): 40 entries, as a node
+    with qemu-user-static, language runtimes and WSL-like entries would have.
+    """
+    from binfmt import qemu
+
+    lines = [_qemu_line(sig.name, TRUE, "F") for sig in qemu.SIGNATURES]
+    lines += SCENARIOS["mixed-registrants"][:3]  # python3.11, jar, WSLInterop
+    lines += [
+        ":CLR:M::MZ::/usr/bin/mono:",
+        ":wine:E::exe::/usr/bin/wine:",
+        ":box64:M:0:\\x7fELF::/usr/bin/box64:",
+    ]
+    return lines
+
+
 def _debian_lines() -> list[str]:
     lines = []
     for conf in sorted(DEBIAN_BINFMT_D.glob("qemu-*.conf")):
@@ -310,22 +328,32 @@ def capture_tree(box: Sandbox, name: str, lines: list[str], dest: Path) -> None:
 
 
 def main() -> int:
+    """Capture everything; ``--trees NAME …`` captures only those trees."""
+    only = sys.argv[2:] if sys.argv[1:2] == ["--trees"] else None
     with Sandbox() as box:
-        corpus = capture_corpus(box)
+        corpus = [] if only else capture_corpus(box)
         header = {"kernel": os.uname().release, "count": len(corpus)}
-        with open(DATA / "register-lines.jsonl", "w") as f:
-            f.write(json.dumps(header) + "\n")
-            for record in corpus:
-                f.write(json.dumps(record, sort_keys=True) + "\n")
+        if not only:
+            with open(DATA / "register-lines.jsonl", "w") as f:
+                f.write(json.dumps(header) + "\n")
+                for record in corpus:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
         scenarios = dict(SCENARIOS)
         scenarios["debian-qemu-user-static"] = _debian_lines()
         scenarios["doctor-problems"] = _doctor_lines()
+        scenarios["forty-entries"] = _forty_lines()
         for name, lines in scenarios.items():
-            capture_tree(box, name, lines, DATA / "procfs" / name)
-        (DATA / "procfs" / "SOURCE").write_text(
-            f"Captured from a private binfmt_misc instance on Linux {os.uname().release}\n"
-            "by tests/tools/capture_kernel_fixtures.py.\n"
-        )
+            if only is None or name in only:
+                capture_tree(box, name, lines, DATA / "procfs" / name)
+        source = DATA / "procfs" / "SOURCE"
+        if only is None:
+            source.write_text(
+                f"Captured from a private binfmt_misc instance on Linux {os.uname().release}\n"
+                "by tests/tools/capture_kernel_fixtures.py.\n"
+            )
+        else:
+            with open(source, "a") as f:
+                f.write(f"{', '.join(only)}: re-captured on Linux {os.uname().release}\n")
     accepted = sum(1 for r in corpus if "status" in r)
     print(f"{len(corpus)} lines ({accepted} accepted), {len(scenarios)} trees, kernel {header}")
     return 0
