@@ -47,6 +47,7 @@ import attrs
 
 from . import qemu
 from .entry import Entry, Flags
+from .findings import Finding
 from .procfs import State
 from .text import decode
 
@@ -58,6 +59,7 @@ __all__ = [
     "ProcessReport",
     "parse_cgroup",
     "processes",
+    "stale_findings",
 ]
 
 #: Where the kernel's process file system is mounted.
@@ -120,7 +122,13 @@ def parse_cgroup(text: str) -> CgroupInfo:
         if len(parts) != 3:
             continue
         hierarchy, controllers, path = parts
-        rank = 0 if hierarchy == "0" and controllers == "" else 1 if "name=systemd" in controllers else 2
+        rank = (
+            0
+            if hierarchy == "0" and controllers == ""
+            else 1
+            if "name=systemd" in controllers
+            else 2
+        )
         paths.append((rank, path))
     paths.sort(key=lambda p: p[0])
     for _, path in paths:
@@ -220,6 +228,8 @@ class Process:
     platform: Optional[str]
     #: The entry's interpreter, as registered.
     interpreter: str
+    #: The entry's flags (``"PF"`` …).
+    flags: str
     #: The file the process runs was deleted or replaced since it was opened (with ``F``:
     #: at registration): an upgraded interpreter is not in use until the entry is
     #: registered again and the process restarted.
@@ -253,6 +263,7 @@ class Process:
             "target": self.target,
             "platform": self.platform,
             "interpreter": self.interpreter,
+            "flags": self.flags,
             "interpreter_deleted": self.interpreter_deleted,
             "exe": self.exe,
             "cpu_seconds": self.cpu_seconds,
@@ -347,6 +358,34 @@ class ProcessReport:
         }
 
 
+def stale_findings(report: ProcessReport) -> list[Finding]:
+    """One ``interpreter-deleted`` finding per entry whose processes run a deleted interpreter."""
+    by_entry: dict[str, list[Process]] = {}
+    for p in report.stale:
+        by_entry.setdefault(p.entry, []).append(p)
+    found = []
+    for name, procs in by_entry.items():
+        first = procs[0]
+        pids = ", ".join(str(p.pid) for p in procs[:5]) + (" …" if len(procs) > 5 else "")
+        who = f"pid {pids} runs" if len(procs) == 1 else f"{len(procs)} processes (pid {pids}) run"
+        if "F" in first.flags:
+            message = (
+                f"{who} the interpreter file {name} opened at registration, since deleted or "
+                f"replaced (/proc shows {first.exe}): an upgraded interpreter is not in use "
+                "until the entry is registered again"
+            )
+            again = f"binfmt install {first.target} --refresh" if first.target else "register it"
+            fix = f"register {name} again ({again}), then restart those processes"
+        else:
+            message = (
+                f"{who} an interpreter file deleted or replaced since it started "
+                f"(/proc shows {first.exe})"
+            )
+            fix = "restart those processes to run the current interpreter"
+        found.append(Finding("interpreter-deleted", message=message, fix=fix, entry=name))
+    return found
+
+
 # -- the walk --------------------------------------------------------------------------------
 
 
@@ -397,10 +436,9 @@ class _Walk:
         found: list[Process] = []
         examined = unreadable = 0
         proc = self.proc
-        if self.state.entries:
-            names = [n for n in os.listdir(proc) if n.isdigit()]
-        else:
-            names = []
+        names = [n for n in os.listdir(proc) if n.isdigit()]
+        if not self.state.entries:
+            return ProcessReport(self.proc, self.state.path, examined=len(names))
         by_file, by_path = self.by_file, self.by_path
         for name in names:
             examined += 1
@@ -423,7 +461,9 @@ class _Walk:
                     continue
                 except OSError:
                     continue
-                candidates = by_path.get(link[: -len(_DELETED)] if link.endswith(_DELETED) else link)
+                candidates = by_path.get(
+                    link[: -len(_DELETED)] if link.endswith(_DELETED) else link
+                )
                 if candidates is None:
                     continue
             try:
@@ -497,6 +537,7 @@ class _Walk:
             target=sig.name if sig is not None else None,
             platform=sig.platforms[0] if sig is not None and sig.platforms else None,
             interpreter=entry.interpreter,
+            flags=entry.flags.letters,
             interpreter_deleted=self.deleted(entry, st, link),
             cpu_seconds=cpu,
             rss_bytes=self.rss(pid),
@@ -538,7 +579,9 @@ class _Walk:
         base = "root" if program.startswith("/") else "cwd"
         path = os.path.join(self._file(pid, base), program.lstrip("/"))
         try:
-            fd = os.open(os.fsencode(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+            fd = os.open(
+                os.fsencode(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+            )
         except OSError:
             return b""
         try:
