@@ -135,7 +135,9 @@ def parse_cgroup(text: str) -> CgroupInfo:
         info = _parse_path(path)
         if info.container_id or info.pod_uid:
             return info
-    return CgroupInfo(path=paths[0][1] if paths else "")
+    # No container: the most telling path (on a hybrid system the unified one is "/").
+    telling = [path for _, path in paths if path != "/"] or [path for _, path in paths]
+    return CgroupInfo(path=telling[0] if telling else "")
 
 
 def _parse_path(path: str) -> CgroupInfo:
