@@ -39,7 +39,12 @@ TICKS = 100
 
 # Pods: (namespace, name, uid, QoS class).
 WEB = ("shop", "web-7d9f8b6c4-x2kqp", "8d9c7f3e-2a4b-4c1d-9e8f-0123456789ab", "burstable")
-BATCH = ("jobs", "nightly-report-29471520-5bq8d", "f47ac10b-58cc-4372-a567-0e02b2c3d479", "besteffort")
+BATCH = (
+    "jobs",
+    "nightly-report-29471520-5bq8d",
+    "f47ac10b-58cc-4372-a567-0e02b2c3d479",
+    "besteffort",
+)
 LEGACY = ("shop", "legacy-api-0", "3b241101-e2bb-4255-8caf-4136c566a962", "guaranteed")
 CONTAINER_IDS = {
     "app": "4f2d" + "0a1b2c3d" * 7 + "9e8f",
