@@ -13,6 +13,7 @@ cover each container runtime and cgroup layout, and the kubelet's log layout.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,8 +30,8 @@ import pytest
 
 from binfmt import Host, qemu
 from binfmt.doctor import diagnose
-from binfmt.procfs import BinfmtMisc
 from binfmt.processes import CgroupInfo, Process, parse_cgroup, processes, stale_findings
+from binfmt.procfs import BinfmtMisc
 from binfmt.sandbox import Sandbox
 from binfmt.testing import require_or_skip
 from tests.debian import debian_root
@@ -112,10 +113,8 @@ def emulated(binfmt_sandbox: Sandbox, tmp_path: Path) -> Iterator[dict[str, Any]
         }
     finally:
         for pid in pids.values():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def _by_pid(found: Any) -> dict[int, Process]:
@@ -282,9 +281,9 @@ def test_fake_node(layout: str) -> None:
 def test_fake_node_json_schema(layout: str) -> None:
     """``ps --json``: the documented document, with exact values."""
     tree = _tree(layout)
+    argv = ["ps", "--json", "--procfs", tree["procfs"], "--proc", tree["proc"]]
     done = subprocess.run(
-        [sys.executable, "-m", "binfmt", "ps", "--json", "--procfs", tree["procfs"]]
-        + ["--proc", tree["proc"], "--host-root", tree["host"]],
+        [sys.executable, "-m", "binfmt", *argv, "--host-root", tree["host"]],
         capture_output=True,
         text=True,
         timeout=60,
@@ -357,10 +356,8 @@ def test_another_file_at_the_path_is_stale(tmp_path: Path, monkeypatch: pytest.M
 
     def readlink(path: Any, *args: Any, **kwargs: Any) -> str:
         if str(path) == str(exe):
-            return (
-                "/usr/bin/qemu-aarch64-static"  # what the kernel shows: the path it was opened by
-            )
-        return real_readlink(path, *args, **kwargs)
+            return "/usr/bin/qemu-aarch64-static"  # the path it was opened by
+        return str(real_readlink(path, *args, **kwargs))
 
     monkeypatch.setattr("binfmt.processes.os.readlink", readlink)
     state = BinfmtMisc(str(top / "binfmt_misc")).state()

@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
@@ -38,14 +39,15 @@ BTIME = 1767225600  # 2026-01-01T00:00:00Z
 TICKS = 100
 
 # Pods: (namespace, name, uid, QoS class).
-WEB = ("shop", "web-7d9f8b6c4-x2kqp", "8d9c7f3e-2a4b-4c1d-9e8f-0123456789ab", "burstable")
-BATCH = (
+Pod = tuple[str, str, str, str]
+WEB: Pod = ("shop", "web-7d9f8b6c4-x2kqp", "8d9c7f3e-2a4b-4c1d-9e8f-0123456789ab", "burstable")
+BATCH: Pod = (
     "jobs",
     "nightly-report-29471520-5bq8d",
     "f47ac10b-58cc-4372-a567-0e02b2c3d479",
     "besteffort",
 )
-LEGACY = ("shop", "legacy-api-0", "3b241101-e2bb-4255-8caf-4136c566a962", "guaranteed")
+LEGACY: Pod = ("shop", "legacy-api-0", "3b241101-e2bb-4255-8caf-4136c566a962", "guaranteed")
 CONTAINER_IDS = {
     "app": "4f2d" + "0a1b2c3d" * 7 + "9e8f",
     "sidecar": "7c41" + "1122aabb" * 7 + "ccdd",
@@ -65,14 +67,14 @@ def _uid_(uid: str) -> str:
     return uid.replace("-", "_")
 
 
-def _systemd_pod(pod: tuple[str, str, str, str]) -> str:
+def _systemd_pod(pod: Pod) -> str:
     qos, uid = pod[3], _uid_(pod[2])
     if qos == "guaranteed":
         return f"/kubepods.slice/kubepods-pod{uid}.slice"
     return f"/kubepods.slice/kubepods-{qos}.slice/kubepods-{qos}-pod{uid}.slice"
 
 
-def _cgroupfs_pod(pod: tuple[str, str, str, str]) -> str:
+def _cgroupfs_pod(pod: Pod) -> str:
     qos, uid = pod[3], pod[2]
     return f"/kubepods/pod{uid}" if qos == "guaranteed" else f"/kubepods/{qos}/pod{uid}"
 
@@ -103,7 +105,7 @@ def v2(path: str) -> str:
 
 
 # layout → (kubernetes?, how a container's cgroup file reads, a host service's)
-LAYOUTS = {
+LAYOUTS: dict[str, tuple[bool, Callable[[Pod, str], str], str]] = {
     "containerd-systemd-v2": (
         True,
         lambda pod, cid: v2(f"{_systemd_pod(pod)}/cri-containerd-{cid}.scope"),
@@ -140,7 +142,8 @@ LAYOUTS = {
 # target, utime, stime, start (ticks after boot), VmRSS kB. ``exe`` "host:PATH" is a
 # relative link to the host's file (matched by inode), "ct:PATH" to the
 # container's, anything else an absolute link.
-PROCESSES = [
+Where = Optional[tuple[Pod, str]]
+PROCESSES: list[tuple[int, str, Where, str, list[str], Optional[str], int, int, int, int]] = [
     (
         4242,
         "node",
