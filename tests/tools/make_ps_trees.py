@@ -258,7 +258,7 @@ def build(name: str) -> None:
     # A kernel thread: no exe, an empty command line.
     _file(proc / "2" / "stat", b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 1\n")
     _file(proc / "2" / "cmdline", b"")
-    for pid, comm, where, exe, cmdline, target, utime, stime, start, rss in PROCESSES:
+    for pid, comm, where, exe, cmdline, program_target, utime, stime, start, rss in PROCESSES:
         d = proc / str(pid)
         if where is None:
             cgroup, ct_root = service_cgroup, host
@@ -276,8 +276,9 @@ def build(name: str) -> None:
             _link(d / "exe", os.path.relpath(ct_root / exe[3:].lstrip("/"), d))
         else:
             _link(d / "exe", exe)
-        if target is not None:
-            _file(ct_root / cmdline[1].lstrip("/"), qemu.get(target).header(2), 0o755)
+        if program_target is not None:
+            header = qemu.get(program_target).header(2)
+            _file(ct_root / cmdline[1].lstrip("/"), header, 0o755)
         _link(d / "root", root_link)
         _link(d / "cwd", root_link)
         _file(d / "cmdline", b"".join(a.encode() + b"\0" for a in cmdline))
