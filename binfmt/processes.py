@@ -571,10 +571,13 @@ class _Walk:
             return True
         if Flags.FIX_BINARY not in entry.flags or st is None:
             return False
-        # With F the kernel runs the file opened at registration: a file at the
-        # interpreter's path that is not it is a newer one (an upgrade).
+        # With F the kernel runs the file opened at registration: another file at
+        # the interpreter's path, on the same file system, is a newer one (an
+        # upgrade that kept the old one linked). A file on another device is the
+        # registrant's own copy in another mount namespace (a container image's
+        # QEMU): not stale, as far as anyone can tell.
         current = self.current.get(entry.name)
-        return current is not None and current != (st.st_dev, st.st_ino)
+        return current is not None and current[0] == st.st_dev and current[1] != st.st_ino
 
     def head(self, pid: int, program: str) -> bytes:
         """The program's first bytes, read through the process's root (and cwd if relative)."""

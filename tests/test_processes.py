@@ -341,8 +341,11 @@ def test_vanished_and_unreadable_processes(tmp_path: Path, monkeypatch: pytest.M
 def test_another_file_at_the_path_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """With F, a process running another file than the one at the interpreter's path is stale.
 
-    (The registrant's own copy, from another mount namespace; ``/proc/PID/exe``
-    names the same path.) Without F, such a file is the container's own interpreter.
+    (The old file of an upgrade that kept it linked elsewhere on the same file
+    system; ``/proc/PID/exe`` names the path it was opened by.) Without F, such a
+    file is the container's own interpreter. A file on another device (a
+    registrant's copy in another mount namespace) is not judged: see
+    ``test_a_copy_on_another_device_is_not_stale``.
     """
     top = tmp_path / "node"
     shutil.copytree(TREES / "containerd-systemd-v2", top, symlinks=True)
@@ -368,6 +371,29 @@ def test_another_file_at_the_path_is_stale(tmp_path: Path, monkeypatch: pytest.M
     entry = qemu.get("aarch64").to_entry("/usr/bin/qemu-aarch64-static", "", name="qemu-aarch64")
     state = attrs.evolve(state, entries=(entry, *without_f))
     found = _by_pid(processes(state, proc=str(top / "proc"), host_root=str(top / "host")))
+    assert found[4242].entry == "qemu-aarch64" and not found[4242].interpreter_deleted
+
+
+def test_a_copy_on_another_device_is_not_stale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An F interpreter pinned from another file system (a container image) is not stale."""
+    tree = _tree("containerd-systemd-v2")
+    exe = os.path.join(tree["proc"], "4242", "exe")
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+        st = real_stat(path, *args, **kwargs)
+        if str(path) == exe:  # the same path, another device and inode
+            return os.stat_result((st.st_mode, st.st_ino + 1, st.st_dev + 1, *st[3:10]))
+        return st
+
+    monkeypatch.setattr("binfmt.processes.os.stat", stat)
+    real_readlink = os.readlink
+    monkeypatch.setattr(
+        "binfmt.processes.os.readlink",
+        lambda p: "/usr/bin/qemu-aarch64-static" if str(p) == exe else real_readlink(p),
+    )
+    state = BinfmtMisc(tree["procfs"]).state()
+    found = _by_pid(processes(state, proc=tree["proc"], host_root=tree["host"]))
     assert found[4242].entry == "qemu-aarch64" and not found[4242].interpreter_deleted
 
 
