@@ -148,12 +148,15 @@ def collect(
         present,
     )
     native = list(doc["platforms"])
-    runnable = runnable_platforms(state, host)
+    # Each target once, by its canonical platform (linux/arm/v7, not also v6 and v5).
+    canonical = {sig.platforms[0] for sig in qemu.SIGNATURES if sig.platforms}
+    runnable = [p for p in runnable_platforms(state, host) if p in canonical]
     platforms = [((("platform", p), ("mode", "native")), 1) for p in native]
     platforms += [((("platform", p), ("mode", "emulated")), 1) for p in runnable if p not in native]
     b.add(
         "binfmt_platform_supported",
-        "The OCI platforms the node runs, natively or emulated through an entry (always 1).",
+        "The OCI platforms the node runs, natively or emulated through an entry (always 1; "
+        "each target once, by its canonical platform).",
         platforms,
     )
     if verify is not None:
