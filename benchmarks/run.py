@@ -273,7 +273,7 @@ def ps_section(count: int, runs: int) -> list[str]:
     through it and ``ps`` is pointed at that instance, so matching, reading and
     naming them is part of the figure.
     """
-    from binfmt.processes import processes
+    from binfmt.emulated import processes
     from binfmt.sandbox import Sandbox, SandboxUnavailable
 
     busybox = ROOT / "tests" / ".cache" / "debian" / "arm64" / "bin" / "busybox"

@@ -28,11 +28,19 @@ from .procfs import DEFAULT_PATH, BinfmtMisc, State
 from .qemu import SIGNATURES, Signature
 
 if TYPE_CHECKING:
+    from .emulated import Process, ProcessReport, processes
     from .findings import Finding
     from .prediction import Verdict, predict
 
 # Loaded on first use: they pull in the ELF reader, which `status` never needs.
-_LAZY = {"predict": "prediction", "Verdict": "prediction", "Finding": "findings"}
+_LAZY = {
+    "predict": "prediction",
+    "Verdict": "prediction",
+    "Finding": "findings",
+    "processes": "emulated",
+    "Process": "emulated",
+    "ProcessReport": "emulated",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -63,9 +71,12 @@ __all__ = [
     "MalformedStatus",
     "NotMounted",
     "PermissionDenied",
+    "Process",
+    "ProcessReport",
     "Signature",
     "State",
     "UnknownTarget",
     "Verdict",
     "predict",
+    "processes",
 ]

@@ -801,7 +801,7 @@ def _ps_options(p: argparse.ArgumentParser) -> None:
 
 
 def _ps_report(args: argparse.Namespace) -> Any:
-    from .processes import processes
+    from .emulated import processes
     from .procfs import BinfmtMisc
 
     state = BinfmtMisc(args.procfs).state()

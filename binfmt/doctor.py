@@ -364,7 +364,7 @@ class _Doctor:
 
     def check_processes(self, proc: str) -> None:
         """Processes that still run a deleted or replaced interpreter (issue 14)."""
-        from .processes import processes, stale_findings
+        from .emulated import processes, stale_findings
 
         try:
             report = processes(self.state, proc=proc, host_root=self.root)

@@ -5,7 +5,7 @@ families: the binfmt_misc mount and switch, each entry (enabled, platform,
 flags, whether its interpreter is there), the platforms the node runs natively
 and emulated, the result of ``verify`` per target (when it was run), the
 emulated processes with their CPU seconds and memory by platform and pod, and
-the processes that still run a deleted interpreter (:mod:`binfmt.processes`).
+the processes that still run a deleted interpreter (:mod:`binfmt.emulated`).
 :func:`exposition` renders them in the text exposition format (version
 0.0.4), :func:`write` puts the text into a file atomically
 (:func:`binfmt.files.write_files`: a temporary file in the same directory,
@@ -35,7 +35,7 @@ from .output import printable
 from .procfs import State
 
 if TYPE_CHECKING:
-    from .processes import ProcessReport
+    from .emulated import ProcessReport
     from .verify import VerifyReport
 
 __all__ = ["Family", "Sample", "collect", "document", "exposition", "write"]
@@ -89,7 +89,7 @@ def collect(
 ) -> list[Family]:
     """The metric families of a node, from its binfmt_misc ``state`` and ``host``.
 
-    ``report`` (:func:`binfmt.processes.processes`) adds the emulated
+    ``report`` (:func:`binfmt.processes`) adds the emulated
     processes, ``verify`` (:func:`binfmt.verify.verify`) the probe results;
     without them those families are left out. Interpreter files are looked up
     under ``host_root``.

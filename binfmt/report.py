@@ -35,10 +35,10 @@ from .procfs import State
 
 if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
     from .doctor import DoctorReport
+    from .emulated import ProcessReport
     from .findings import Finding
     from .install import Outcome
     from .prediction import Verdict
-    from .processes import ProcessReport
     from .scan import ScanReport
     from .verify import VerifyReport
 
@@ -391,7 +391,7 @@ def _pod_name(namespace: Optional[str], pod: Optional[str], uid: Optional[str]) 
 
 def ps_text(report: ProcessReport, options: Optional[OptionNames] = None) -> str:
     """The human ``ps`` report: a row per emulated process, then totals by platform and pod."""
-    from .processes import stale_findings
+    from .emulated import stale_findings
 
     seen = f"{report.examined} examined" + (
         f", {report.unreadable} unreadable" if report.unreadable else ""

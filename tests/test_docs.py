@@ -301,7 +301,9 @@ def _normalise(lines: list[str], repo: str) -> list[str]:
         line = re.sub(r'^(\s*"kernel": )".*"', r'\1"<release>"', line)
         line = re.sub(r"\bin \d+\.\d+s\b", "in <t>s", line)
         line = re.sub(r'^(\s*"seconds": )[0-9.]+', r"\1<t>", line)
-        line = re.sub(r'^(binfmt_host_info\{machine="[^"]*",kernel=)"[^"]*"', r'\1"<release>"', line)
+        line = re.sub(
+            r'^(binfmt_host_info\{machine="[^"]*",kernel=)"[^"]*"', r'\1"<release>"', line
+        )
         out.append(line)
     return out
 

@@ -21,8 +21,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from binfmt import Host, qemu
+from binfmt.emulated import processes
 from binfmt.metrics import collect, exposition, write
-from binfmt.processes import processes
 from binfmt.procfs import BinfmtMisc, State
 from binfmt.testing import make_fake_procfs
 from binfmt.verify import TargetResult, VerifyReport

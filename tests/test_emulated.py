@@ -30,7 +30,7 @@ import pytest
 
 from binfmt import Host, qemu
 from binfmt.doctor import diagnose
-from binfmt.processes import CgroupInfo, Process, parse_cgroup, processes, stale_findings
+from binfmt.emulated import CgroupInfo, Process, parse_cgroup, processes, stale_findings
 from binfmt.procfs import BinfmtMisc
 from binfmt.sandbox import Sandbox
 from binfmt.testing import require_or_skip
@@ -331,7 +331,7 @@ def test_vanished_and_unreadable_processes(tmp_path: Path, monkeypatch: pytest.M
             raise PermissionError(13, "Permission denied", str(path))
         return real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr("binfmt.processes.os.stat", stat)
+    monkeypatch.setattr("binfmt.emulated.os.stat", stat)
     state = BinfmtMisc(str(top / "binfmt_misc")).state()
     report = processes(state, proc=str(top / "proc"), host_root=str(top / "host"))
     assert sorted(_by_pid(report)) == [4242, 4400]
@@ -362,7 +362,7 @@ def test_another_file_at_the_path_is_stale(tmp_path: Path, monkeypatch: pytest.M
             return "/usr/bin/qemu-aarch64-static"  # the path it was opened by
         return str(real_readlink(path, *args, **kwargs))
 
-    monkeypatch.setattr("binfmt.processes.os.readlink", readlink)
+    monkeypatch.setattr("binfmt.emulated.os.readlink", readlink)
     state = BinfmtMisc(str(top / "binfmt_misc")).state()
     found = _by_pid(processes(state, proc=str(top / "proc"), host_root=str(top / "host")))
     assert found[4242].entry == "qemu-aarch64" and found[4242].interpreter_deleted
@@ -386,10 +386,10 @@ def test_a_copy_on_another_device_is_not_stale(monkeypatch: pytest.MonkeyPatch) 
             return os.stat_result((st.st_mode, st.st_ino + 1, st.st_dev + 1, *st[3:10]))
         return st
 
-    monkeypatch.setattr("binfmt.processes.os.stat", stat)
+    monkeypatch.setattr("binfmt.emulated.os.stat", stat)
     real_readlink = os.readlink
     monkeypatch.setattr(
-        "binfmt.processes.os.readlink",
+        "binfmt.emulated.os.readlink",
         lambda p: "/usr/bin/qemu-aarch64-static" if str(p) == exe else real_readlink(p),
     )
     state = BinfmtMisc(tree["procfs"]).state()

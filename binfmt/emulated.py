@@ -1,7 +1,7 @@
 """Emulated processes: which processes of a node run under a binfmt_misc interpreter.
 
-:func:`processes` walks ``/proc`` and keeps every process whose executable is
-an entry's interpreter, matched by the file itself: the device and inode of
+:func:`processes` (also ``binfmt.processes()``) walks ``/proc`` and keeps
+every process whose executable is an entry's interpreter, matched by the file itself: the device and inode of
 ``/proc/PID/exe`` (for an ``F`` entry the file the kernel opened at
 registration, which ``stat`` still reaches when it was deleted or lives in
 another mount namespace) against the file each entry names, found under
