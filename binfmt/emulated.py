@@ -1,13 +1,13 @@
 """Emulated processes: which processes of a node run under a binfmt_misc interpreter.
 
 :func:`processes` (also ``binfmt.processes()``) walks ``/proc`` and keeps
-every process whose executable is an entry's interpreter, matched by the file itself: the device and inode of
-``/proc/PID/exe`` (for an ``F`` entry the file the kernel opened at
-registration, which ``stat`` still reaches when it was deleted or lives in
-another mount namespace) against the file each entry names, found under
-``host_root``; failing that, by the path ``/proc/PID/exe`` names (without its
-``" (deleted)"``), which is how a container's own interpreter of an entry
-without ``F`` is recognised.
+every process whose executable is an entry's interpreter, matched by the file
+itself: the device and inode of ``/proc/PID/exe`` (for an ``F`` entry the file
+the kernel opened at registration, which ``stat`` still reaches when it was
+deleted or lives in another mount namespace) against the file each entry
+names, found under ``host_root``; failing that, by the path ``/proc/PID/exe``
+names (without its ``" (deleted)"``), which is how a container's own
+interpreter of an entry without ``F`` is recognised.
 
 The emulated program and its arguments come from ``/proc/PID/cmdline``,
 which the kernel built (``fs/binfmt_misc.c``, measured on real processes in
