@@ -8,14 +8,14 @@ emulated processes with their CPU seconds and memory by platform and pod, and
 the processes that still run a deleted interpreter (:mod:`binfmt.emulated`).
 :func:`exposition` renders them in the text exposition format (version
 0.0.4), :func:`write` puts the text into a file atomically
-(:func:`binfmt.files.write_files`: a temporary file in the same directory,
+(``binfmt.files.write_files()``: a temporary file in the same directory,
 renamed over the old one), so that node-exporter never reads half a file.
 
 Names follow Prometheus's conventions: the ``binfmt_`` prefix, base units
 (``_seconds``, ``_bytes``), ``_info`` for a constant 1 that carries labels, and
 no ``_total``: every family is a gauge (the CPU seconds of the processes
 running now go down when one exits, so they are not a counter). Label values
-are shown as :func:`binfmt.output.printable` text, so even a hostile entry
+are shown as ``binfmt.output.printable()`` text, so even a hostile entry
 name cannot put a control character into the file, and then escaped as the
 format requires (``\\\\``, ``\\"``, ``\\n``).
 """
@@ -100,7 +100,7 @@ def collect(
     doc = host_document(host)
     b.add(
         "binfmt_host_info",
-        "The node's machine and kernel release (always 1).",
+        "The machine and kernel release of the node (always 1).",
         [((("machine", host.machine), ("kernel", host.release)), 1)],
     )
     b.add(
@@ -143,7 +143,7 @@ def collect(
     )
     b.add(
         "binfmt_entry_interpreter_present",
-        "Whether the entry's interpreter file exists on the host (with F, 0 means the kernel "
+        "Whether the interpreter file of the entry exists on the host (with F, 0 means the kernel "
         "runs a deleted file: an upgrade is not in use until the entry is registered again).",
         present,
     )

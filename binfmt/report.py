@@ -389,7 +389,7 @@ def _pod_name(namespace: Optional[str], pod: Optional[str], uid: Optional[str]) 
     return "(no pod)"
 
 
-def ps_text(report: ProcessReport, options: Optional[OptionNames] = None) -> str:
+def ps_text(report: ProcessReport, options: Optional[Mapping[str, str]] = None) -> str:
     """The human ``ps`` report: a row per emulated process, then totals by platform and pod."""
     from .emulated import stale_findings
 
