@@ -473,8 +473,11 @@ class _Walk:
             except PermissionError:
                 unreadable += 1
                 continue
-            except (FileNotFoundError, ProcessLookupError):
-                continue  # it exited while we read it
+            except OSError:
+                continue  # it exited while we read it (ENOENT, ESRCH)
+            except (ValueError, IndexError):
+                unreadable += 1  # not what the kernel writes: a broken tree
+                continue
             if record is not None:
                 found.append(record)
         found.sort(key=lambda p: p.pid)
@@ -582,7 +585,9 @@ class _Walk:
     def head(self, pid: int, program: str) -> bytes:
         """The program's first bytes, read through the process's root (and cwd if relative)."""
         base = "root" if program.startswith("/") else "cwd"
-        path = os.path.join(self._file(pid, base), program.lstrip("/"))
+        # normpath: no ".." may climb out of the process's root (a container's).
+        inside = os.path.normpath("/" + program).lstrip("/")
+        path = os.path.join(self._file(pid, base), inside)
         try:
             fd = os.open(
                 os.fsencode(path), os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC

@@ -324,6 +324,7 @@ def test_vanished_and_unreadable_processes(tmp_path: Path, monkeypatch: pytest.M
     top = tmp_path / "node"
     shutil.copytree(TREES / "containerd-systemd-v2", top, symlinks=True)
     (top / "proc" / "4350" / "cmdline").unlink()  # exited after its exe was read
+    (top / "proc" / "4400" / "stat").write_bytes(b"4400 (agent) S 1\n")  # not the kernel's
     real_stat = os.stat
 
     def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
@@ -334,8 +335,8 @@ def test_vanished_and_unreadable_processes(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr("binfmt.emulated.os.stat", stat)
     state = BinfmtMisc(str(top / "binfmt_misc")).state()
     report = processes(state, proc=str(top / "proc"), host_root=str(top / "host"))
-    assert sorted(_by_pid(report)) == [4242, 4400]
-    assert report.unreadable == 1
+    assert sorted(_by_pid(report)) == [4242]
+    assert report.unreadable == 2
 
 
 def test_another_file_at_the_path_is_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
