@@ -154,27 +154,63 @@ class Shebang:
 
 
 def parse_shebang(head: bytes, buffer_size: int) -> Optional[Shebang]:
-    """binfmt_script's reading of ``#!interpreter [one argument]``, or ``None`` if it refuses.
+    """binfmt_script's reading of ``#!interpreter [one argument]``, or ``None`` (ENOEXEC).
 
-    ``head`` is the start of the file, ``buffer_size`` the kernel's buffer
-    (:attr:`~binfmt.kernel.KernelRules.buffer_size`).
+    ``load_script()`` in ``fs/binfmt_script.c`` (5.1+), step by step, over the
+    kernel's buffer: ``buffer_size`` bytes (:attr:`~binfmt.kernel.KernelRules.buffer_size`),
+    zero past the end of the file. The interpreter may come out empty (``#!``
+    and blanks up to the end of the file): the kernel then opens the working
+    directory, which fails with EACCES.
     """
     if not head.startswith(b"#!"):
         return None
-    body = head[2:buffer_size]
-    newline = body.find(b"\n")
-    line = (body[:newline] if newline >= 0 else body).strip(b" \t")
-    if not line:
-        return None
-    split = [i for i, c in enumerate(line) if c in b" \t"]
-    if split:
-        interp, arg = line[: split[0]], line[split[0] :].strip(b" \t")
+    buf = head[:buffer_size].ljust(buffer_size, b"\0")
+    buf_end = buffer_size - 1
+    # i_end = strnchr(buf, size, '\n'): the search stops at the first NUL.
+    newline, nul = buf.find(b"\n"), buf.find(b"\0")
+    if newline >= 0 and (nul < 0 or newline < nul):
+        i_end = newline
     else:
-        interp, arg = line, b""
-    if newline < 0 and len(head) >= buffer_size and not split:
-        # The interpreter name may be cut by the buffer: the kernel refuses.
-        return None
-    return Shebang(decode(interp), decode(arg) if arg else None)
+        # No newline: the line fills the buffer. It must hold an interpreter
+        # name that ends inside it (a blank or a NUL after it), else ENOEXEC.
+        first = _next_non_spacetab(buf, 2, buf_end)
+        if first is None or _next_terminator(buf, first, buf_end) is None:
+            return None
+        i_end = buf_end  # the last byte is overwritten with the NUL below
+    while buf[i_end - 1] in _SPACETAB:  # trim trailing blanks
+        i_end -= 1
+    i_name = _next_non_spacetab(buf, 2, i_end)
+    if i_name is None or i_name == i_end:
+        return None  # no interpreter name
+    i_sep = _next_terminator(buf, i_name, i_end)
+    i_arg = None
+    if i_sep is not None and buf[i_sep] != 0:
+        i_arg = _next_non_spacetab(buf, i_sep, i_end)
+    # *i_end = 0, and *i_sep = 0 when there is an argument: each is a C string.
+    line = buf[:i_end] + b"\0"
+    if i_arg is not None:
+        assert i_sep is not None
+        line = line[:i_sep] + b"\0" + line[i_sep + 1 :]
+    name = line[i_name : line.index(0, i_name)]
+    arg = None if i_arg is None else line[i_arg : line.index(0, i_arg)]
+    return Shebang(decode(name), None if arg is None else decode(arg))
+
+
+_SPACETAB = b" \t"
+
+
+def _next_non_spacetab(buf: bytes, first: int, last: int) -> Optional[int]:
+    for i in range(first, last + 1):
+        if buf[i] not in _SPACETAB:
+            return i
+    return None
+
+
+def _next_terminator(buf: bytes, first: int, last: int) -> Optional[int]:
+    for i in range(first, last + 1):
+        if buf[i] in _SPACETAB or buf[i] == 0:
+            return i
+    return None
 
 
 # -- the files the kernel opens ---------------------------------------------------------

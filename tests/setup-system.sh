@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install what the kernel and QEMU test layers need (Debian/Ubuntu, as root):
 # Debian's qemu-user-static (the emulators), util-linux (unshare), file(1)
-# (a benchmark baseline), and real foreign-architecture Debian binaries
+# (a benchmark baseline), shellcheck (the deploy scripts' lint), strace
+# (fault injection), and real foreign-architecture Debian binaries
 # (tests/fetch-debian.sh). Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 missing=""
-for pkg in qemu-user-static util-linux file dpkg-dev python3-venv; do
+for pkg in qemu-user-static util-linux file dpkg-dev python3-venv shellcheck strace; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -22,7 +23,7 @@ if [ -n "$missing" ]; then
     # global binfmt_misc, which the tests never touch.
     apt-get install -y -q --no-install-recommends $missing binfmt-support-
 fi
-for tool in qemu-aarch64-static unshare file; do
+for tool in qemu-aarch64-static unshare file shellcheck strace; do
     command -v "$tool" >/dev/null 2>&1 || { echo "setup-system.sh: error: $tool missing after install" >&2; exit 1; }
 done
 tests/fetch-debian.sh tests/.cache/debian

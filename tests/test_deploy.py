@@ -29,6 +29,7 @@ from binfmt.entry import Flags
 from binfmt.host import Host
 from binfmt.procfs import State
 from binfmt.report import nfd_features
+from binfmt.testing import require_or_skip
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -463,7 +464,7 @@ def test_shell_scripts_pass_shellcheck(where: str, script: str) -> None:
     """ShellCheck (POSIX sh) finds nothing in the node script and the manifests' scripts."""
     shellcheck = shutil.which("shellcheck")
     if shellcheck is None:
-        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+        require_or_skip("shellcheck is not installed (apt-get install shellcheck)")
     result = subprocess.run(
         [shellcheck, "--shell=sh", "-"], input=script, capture_output=True, text=True
     )

@@ -84,7 +84,7 @@ def _x86_64_with_ia32() -> Optional[str]:
 def _needs_recording_host() -> None:
     reason = _x86_64_with_ia32()
     if reason is not None:
-        pytest.skip(reason)
+        require_or_skip(reason)
 
 
 def _needs_debian_qemu() -> None:
@@ -129,7 +129,7 @@ def _systemd_differences() -> list[str]:
 def _needs_recording_systemd() -> None:
     problems = _systemd_differences()
     if problems:
-        pytest.skip(
+        require_or_skip(
             "doctor reads the host's binfmt.d and systemd, which differ from the recording "
             "host's: " + "; ".join(problems)
         )

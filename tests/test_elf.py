@@ -39,6 +39,7 @@ from binfmt.elf import (
     read_head,
 )
 from binfmt.errors import BinfmtError
+from binfmt.testing import require_or_skip
 
 DEBIAN_DIR = Path(__file__).resolve().parent / ".cache" / "debian"
 REPO = Path(__file__).resolve().parent.parent
@@ -118,7 +119,7 @@ def debian_root(arch: str) -> Path:
     """The extracted Debian packages for ``arch``, or skip the test."""
     root = DEBIAN_DIR / arch
     if not (root / ".fetched").is_file():
-        pytest.skip("Debian binaries not fetched: run tests/fetch-debian.sh")
+        require_or_skip("Debian binaries not fetched: run tests/fetch-debian.sh")
     return root
 
 
@@ -143,7 +144,7 @@ def resolve_in_root(root: Path, path: str) -> Path:
 def host_file(path: str) -> str:
     """A binary of this machine, or skip the test."""
     if not os.path.isfile(path):
-        pytest.skip(f"{path} is not installed on this machine")
+        require_or_skip(f"{path} is not installed on this machine")
     return path
 
 
@@ -403,7 +404,7 @@ def test_real_files_agree_with_pyelftools() -> None:
     files = all_real_elf_files()
     files += [Path(p) for p in ("/bin/ls", "/usr/bin/qemu-aarch64-static") if os.path.isfile(p)]
     if len(files) < 10:
-        pytest.skip("Debian binaries not fetched: run tests/fetch-debian.sh")
+        require_or_skip("Debian binaries not fetched: run tests/fetch-debian.sh")
     for path in files:
         header = ElfHeader.decode(read_head(str(path)))
         info = details(str(path))
@@ -884,7 +885,7 @@ def test_fifo_never_blocks(tmp_path: Path) -> None:
 def test_dev_null_is_a_device() -> None:
     """/dev/null is refused as a character device, without reading it."""
     if not stat.S_ISCHR(os.stat("/dev/null").st_mode):
-        pytest.skip("/dev/null is not a character device here")
+        require_or_skip("/dev/null is not a character device here")
     raised = finishes_within(5, lambda: details("/dev/null"))
     assert isinstance(raised, NotRegularFile)
     assert raised.kind == "character device"

@@ -13,6 +13,7 @@ from binfmt import BinfmtMisc, Entry, qemu
 from binfmt.cli import main
 from binfmt.persist import parse_binfmt_d, parse_debian_format
 from binfmt.sandbox import Sandbox
+from binfmt.testing import require_or_skip
 
 MIXED = Path(__file__).parent / "data" / "procfs" / "mixed-registrants"
 
@@ -169,7 +170,7 @@ def test_load_refuses_an_entry_that_captures_native_binaries(
 
     native = Host.detect().primary
     if native is None:
-        pytest.skip("no QEMU target for this machine")
+        require_or_skip("no QEMU target for this machine")
     conf = tmp_path / "evil.conf"
     conf.write_text(qemu.get(native).to_entry("/bin/true", name="evil").to_register() + "\n")
     misc = fake_binfmt_misc()

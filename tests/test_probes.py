@@ -24,6 +24,7 @@ from elftools.elf.elffile import ELFFile
 
 from binfmt.errors import UnknownTarget
 from binfmt.probes import PROBE_STATUS, PROBE_TARGETS, probe, write_probe
+from binfmt.testing import require_or_skip
 
 
 class Expected(NamedTuple):
@@ -144,7 +145,7 @@ def require_qemu(target: str) -> Path:
     """Return the QEMU binary for ``target``, or skip the test saying which path is absent."""
     qemu = qemu_for(target)
     if not os.access(qemu, os.X_OK):
-        pytest.skip(f"{qemu} is absent (Debian package qemu-user-static)")
+        require_or_skip(f"{qemu} is absent (Debian package qemu-user-static)")
     return qemu
 
 
@@ -286,13 +287,15 @@ def test_the_only_syscall_is_exit_group(target: str, tmp_path: Path) -> None:
 def test_x86_probes_run_natively(target: str, status: int, tmp_path: Path) -> None:
     """On an x86_64 host the kernel itself runs the x86_64, i386 and i486 (EM_486) probes."""
     if platform.machine() != "x86_64":
-        pytest.skip(f"host is {platform.machine()}, not x86_64")
+        require_or_skip(f"host is {platform.machine()}, not x86_64")
     path = write_probe(target, str(tmp_path), status)
     try:
         result = subprocess.run([path], capture_output=True, timeout=60)
     except OSError as e:
         if e.errno == errno.ENOEXEC and target != "x86_64":
-            pytest.skip("this kernel has no IA32 emulation (CONFIG_IA32_EMULATION off or disabled)")
+            require_or_skip(
+                "this kernel has no IA32 emulation (CONFIG_IA32_EMULATION off or disabled)"
+            )
         raise
     assert result.returncode == status
 
@@ -323,7 +326,7 @@ def test_probe_matches_its_own_debian_entry_and_no_other(target: str) -> None:
     """Each probe matches Debian's binfmt entry for its target (if any) and no other target's."""
     entries = _debian_entries()
     if not entries:
-        pytest.skip("/usr/share/binfmts has no qemu-* files (Debian package qemu-user-static)")
+        require_or_skip("/usr/share/binfmts has no qemu-* files (Debian package qemu-user-static)")
     data = probe(target)
     matches = [
         name

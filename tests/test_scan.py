@@ -20,6 +20,7 @@ from binfmt.cli import main
 from binfmt.matcher import Matcher
 from binfmt.prediction import Verdict, predict
 from binfmt.scan import FileResult, scan
+from binfmt.testing import require_or_skip
 
 from .debian import debian_root
 
@@ -167,7 +168,7 @@ def test_unreadable_and_vanishing_files(tmp_path: Path, monkeypatch: pytest.Monk
 def _million_entry_dir() -> Path:
     base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None
     if base is None:
-        pytest.skip("/dev/shm is not writable: a million-entry directory would be slow here")
+        require_or_skip("/dev/shm is not writable: a million-entry directory would be slow here")
     return base
 
 

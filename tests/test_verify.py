@@ -405,25 +405,26 @@ def test_text_is_a_table_with_reasons_under_failures(tmp_path: Path, fake_qemu: 
 
 # -- the local runner ------------------------------------------------------------------
 
-x86_64_linux = pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
-    reason="runs an x86_64 probe on the host kernel",
-)
+
+def _needs_x86_64_linux() -> None:
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        require_or_skip("runs an x86_64 probe on the host kernel")
 
 
-@x86_64_linux
 def test_run_local_runs_a_native_probe(tmp_path: Path) -> None:
     """run_local executes a host-native probe and returns its exit status."""
+    _needs_x86_64_linux()
     path = tmp_path / "p"
     path.write_bytes(probe("x86_64", 7))
     path.chmod(0o755)
     assert run_local([str(path)], None) == RunOutcome(7, stderr=b"")
 
 
-@x86_64_linux
-@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
 def test_run_local_chroots(tmp_path: Path) -> None:
     """With a root, run_local chroots first: the path is looked up inside it."""
+    _needs_x86_64_linux()
+    if os.geteuid() != 0:
+        require_or_skip("chroot needs root")
     (tmp_path / "p").write_bytes(probe("x86_64", 9))
     (tmp_path / "p").chmod(0o755)
     assert run_local(["/p"], str(tmp_path)).returncode == 9
