@@ -27,6 +27,7 @@ from .procfs import DEFAULT_PATH, BinfmtMisc, State
 from .qemu import SIGNATURES, Signature
 
 if TYPE_CHECKING:
+    from .emulated import Process, ProcessReport, processes
     from .findings import Finding
     from .kernel import KernelRules
     from .prediction import Verdict, predict
@@ -37,6 +38,9 @@ _LAZY = {
     "Verdict": "prediction",
     "Finding": "findings",
     "KernelRules": "kernel",
+    "processes": "emulated",
+    "Process": "emulated",
+    "ProcessReport": "emulated",
 }
 
 
@@ -68,9 +72,12 @@ __all__ = [
     "MalformedStatus",
     "NotMounted",
     "PermissionDenied",
+    "Process",
+    "ProcessReport",
     "Signature",
     "State",
     "UnknownTarget",
     "Verdict",
     "predict",
+    "processes",
 ]

@@ -849,6 +849,122 @@ def _run_doctor(args: argparse.Namespace) -> int:
     return report.exit_status
 
 
+# -- ps and metrics (issue 14) --------------------------------------------------------
+
+
+def _ps_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--proc",
+        metavar="DIR",
+        default="/proc",
+        help="the process file system to read (default: /proc; from a pod: hostPID: true)",
+    )
+    p.add_argument(
+        "--host-root",
+        dest="host_root",
+        metavar="DIR",
+        default="/",
+        help="where the host's files are seen (e.g. /proc/1/root from a pod with hostPID): "
+        "the entries' interpreter files and the kubelet's /var/log/pods and "
+        "/var/log/containers are read under DIR",
+    )
+    _procfs_option(p)
+    _json_option(p)
+
+
+def _ps_report(args: argparse.Namespace) -> Any:
+    from .emulated import processes
+    from .procfs import BinfmtMisc
+
+    state = BinfmtMisc(args.procfs).state()
+    _not_mounted_warning(state, "matching")
+    return state, processes(state, proc=args.proc, host_root=args.host_root)
+
+
+def _add_ps(commands: _NewParser) -> None:
+    p = commands(
+        "ps",
+        help="list the processes that run emulated, with their pod and their cost",
+        description="List every process whose executable is a binfmt_misc entry's interpreter "
+        "(matched by the file itself, device and inode, then by path): the emulated program "
+        "and its arguments, the entry, the program's platform, CPU seconds, memory, start "
+        "time, and the container and pod it runs in (from /proc/PID/cgroup and the "
+        "kubelet's log layout), then totals by platform and by pod. Processes that still "
+        "run a deleted or replaced interpreter are marked stale. Exit 0.",
+    )
+    _ps_options(p)
+    p.set_defaults(handler=_run_ps)
+
+
+def _run_ps(args: argparse.Namespace) -> int:
+    from .report import ps_text
+
+    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
+        error = not_a_directory(path, option)
+        if error is not None:
+            return error
+    _, report = _ps_report(args)
+    _emit(args, report.to_dict(), ps_text(report, OPTION_FLAGS))
+    return EXIT_OK
+
+
+def _add_metrics(commands: _NewParser) -> None:
+    p = commands(
+        "metrics",
+        help="the node's emulation facts as Prometheus metrics (node-exporter textfile)",
+        description="Print (or with --output write atomically) the node's emulation facts in "
+        "the Prometheus text exposition format: binfmt_misc's mount and switch, every entry "
+        "(enabled, platform, flags, interpreter present), the platforms the node runs "
+        "natively and emulated, with --verify the probe result per target, the emulated "
+        "processes with their CPU seconds and memory by platform and pod, and the processes "
+        "that run a stale interpreter. For node-exporter's textfile collector, write a "
+        "*.prom file into its --collector.textfile.directory.",
+    )
+    p.add_argument(
+        "--output",
+        metavar="FILE",
+        help="write to FILE atomically instead of printing "
+        "(e.g. /var/lib/node_exporter/textfile_collector/binfmt.prom)",
+    )
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="also run verify's probes (through this process's binfmt_misc) and export "
+        "their results",
+    )
+    _ps_options(p)
+    p.set_defaults(handler=_run_metrics)
+
+
+def _run_metrics(args: argparse.Namespace) -> int:
+    from .host import Host
+    from .metrics import collect, document, exposition, write
+
+    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
+        error = not_a_directory(path, option)
+        if error is not None:
+            return error
+    state, report = _ps_report(args)
+    host = Host.detect(args.host_root)
+    checked = None
+    if args.verify:
+        from .verify import verify
+
+        checked = verify(state=state, host=host)
+    families = collect(state, host, report=report, verify=checked, host_root=args.host_root)
+    if args.json:
+        from .output import json_text
+
+        text = json_text(document(families))
+    else:
+        text = exposition(families)
+    if args.output:
+        write(args.output, text)
+    else:
+        _write(sys.stdout, text)
+    return EXIT_OK
+
+
 # Parser builders by command name, in the order --help lists them.
 _COMMANDS: dict[str, Callable[[Any], None]] = {
     "status": _add_status,
@@ -860,4 +976,6 @@ _COMMANDS: dict[str, Callable[[Any], None]] = {
     "verify": _add_verify,
     "scan": _add_scan,
     "doctor": _add_doctor,
+    "ps": _add_ps,
+    "metrics": _add_metrics,
 }

@@ -64,6 +64,7 @@ DOCTOR_CODES = (
     "qemu-versions",
     "unreadable-entry",
     "invalid-config",
+    "interpreter-deleted",
 )
 #: Doctor's codes with their severity (from :data:`binfmt.findings.CODES`).
 CODES: dict[str, Severity] = {code: ALL_CODES[code][0] for code in DOCTOR_CODES}
@@ -106,11 +107,14 @@ def diagnose(
     binfmt_d_dirs: Sequence[str] = SYSTEMD_DIRS,
     platforms: Iterable[str] = (),
     probe: bool = True,
+    proc: Optional[str] = None,
 ) -> DoctorReport:
     """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel).
 
     ``host_root`` is where the host's files are seen (probes and version
-    checks run only when it is ``/``).
+    checks run only when it is ``/``). ``proc`` is the process file system
+    searched for processes that run a deleted interpreter (default: ``/proc``
+    under ``host_root``).
     """
     root = host_root
     doctor = _Doctor(state, host, root, binfmt_d_dirs)
@@ -127,6 +131,7 @@ def diagnose(
         doctor.check_credentials(enabled)
         if probe and root == "/":
             doctor.check_versions(enabled)
+        doctor.check_processes(proc if proc is not None else doctor.path("/proc"))
     for platform in platforms:
         doctor.check_platform(platform, probe)
     return DoctorReport(state.path, tuple(doctor.problems))
@@ -356,6 +361,16 @@ class _Doctor:
                     f"rename the files so that {newer.name}'s sorts last, or remove one",
                     older.name,
                 )
+
+    def check_processes(self, proc: str) -> None:
+        """Processes that still run a deleted or replaced interpreter (issue 14)."""
+        from .emulated import processes, stale_findings
+
+        try:
+            report = processes(self.state, proc=proc, host_root=self.root)
+        except OSError:
+            return  # no process file system to read there
+        self.problems.extend(stale_findings(report))
 
     # -- platforms ----------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from .procfs import State
 
 if TYPE_CHECKING:  # imported for annotations only: `status` must start fast
     from .doctor import DoctorReport
+    from .emulated import ProcessReport
     from .findings import Finding
     from .install import Outcome
     from .prediction import Verdict
@@ -48,6 +49,7 @@ __all__ = [
     "host_document",
     "nfd_features",
     "outcome_text",
+    "ps_text",
     "runnable_platforms",
     "scan_text",
     "status_document",
@@ -361,3 +363,76 @@ def doctor_text(report: DoctorReport, options: Optional[OptionNames] = None) -> 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+# -- ps and metrics (issue 14) ------------------------------------------------------------
+
+
+def _when(seconds: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _pod_name(namespace: Optional[str], pod: Optional[str], uid: Optional[str]) -> str:
+    if pod:
+        return f"{namespace}/{pod}" if namespace else pod
+    if uid:
+        return f"pod {uid}"
+    return "(no pod)"
+
+
+def ps_text(report: ProcessReport, options: Optional[Mapping[str, str]] = None) -> str:
+    """The human ``ps`` report: a row per emulated process, then totals by platform and pod."""
+    from .emulated import stale_findings
+
+    seen = f"{report.examined} examined" + (
+        f", {report.unreadable} unreadable" if report.unreadable else ""
+    )
+    if not report.processes:
+        return _text([f"no emulated processes ({seen})"])
+    count = len(report.processes)
+    lines = [f"{count} emulated process{'' if count == 1 else 'es'} ({seen}):"]
+    rows = [("PID", "PLATFORM", "ENTRY", "CPU", "RSS", "STARTED", "POD", "CONTAINER", "COMMAND")]
+    for p in report.processes:
+        if p.container:
+            container = p.container
+        elif p.container_id:
+            container = p.container_id[:12]
+        else:
+            container = "-"
+        pod = _pod_name(p.namespace, p.pod, p.pod_uid) if (p.pod or p.pod_uid) else "-"
+        rows.append(
+            (
+                str(p.pid),
+                p.platform or p.target or "-",
+                p.entry + (" (stale)" if p.interpreter_deleted else ""),
+                f"{p.cpu_seconds:.2f}s",
+                _size(p.rss_bytes),
+                _when(p.started),
+                pod,
+                container,
+                " ".join(p.argv) or p.program,
+            )
+        )
+    lines += table(rows)
+    for finding in stale_findings(report):
+        lines += finding_lines(finding, "", options)
+    lines.append("by platform:")
+    platform_rows = [("PLATFORM", "PROCESSES", "CPU SECONDS")]
+    platform_rows += [(k, str(n), f"{s:.2f}") for k, n, s in report.by_platform()]
+    lines += table(platform_rows)
+    lines.append("by pod:")
+    pod_rows = [("POD", "PROCESSES", "CPU SECONDS")]
+    pod_rows += [
+        (_pod_name(ns, pod, uid), str(n), f"{s:.2f}") for ns, pod, uid, n, s in report.by_pod()
+    ]
+    lines += table(pod_rows)
+    return _text(lines)

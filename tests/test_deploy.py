@@ -307,7 +307,7 @@ def test_daemonset_writes_the_nfd_feature_file_into_the_hosts_features_d() -> No
     assert status.option("--format") == "nfd"
     output = status.option("--output")
     assert output is not None and os.path.dirname(output) == NFD_DIR
-    (container,) = spec["containers"]
+    (container,) = [c for c in spec["containers"] if c["name"] == "keep-registered"]
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in spec["volumes"]}
     (name,) = [n for n, path in mounts.items() if path == NFD_DIR]
@@ -493,7 +493,7 @@ def test_invocations_are_found() -> None:
     """The extraction sees every binfmt command of deploy/ (so the next test is not vacuous)."""
     commands = sorted(i.command for i in _all_invocations())
     assert commands == sorted(
-        ["install", "verify", "install", "status", "install", "verify", "export"]
+        ["install", "verify", "install", "status", "install", "verify", "export", "metrics"]
     )
 
 
@@ -502,3 +502,26 @@ def test_invocation_parses_with_the_cli_parser(invocation: Invocation) -> None:
     """Each binfmt command line in deploy/ is accepted by binfmt's own argument parser."""
     args = _parse(invocation.argv)
     assert getattr(args, "handler", None) is not None, invocation
+
+
+# -- metrics (issue 14) ----------------------------------------------------------------------
+
+#: node-exporter's textfile collector directory, as the DaemonSet mounts it from the host.
+TEXTFILE_DIR = "/var/lib/node_exporter/textfile_collector"
+
+
+def test_daemonset_writes_metrics_for_node_exporters_textfile_collector() -> None:
+    """metrics reads the host's processes and pods and writes a *.prom file into a hostPath."""
+    spec = _pod_spec()
+    (metrics,) = _by_container("metrics")
+    assert metrics.command == "metrics"
+    assert metrics.option("--host-root") == "/proc/1/root"
+    assert "--verify" in metrics.argv
+    output = metrics.option("--output")
+    assert output is not None and output.endswith(".prom")
+    assert os.path.dirname(output) == TEXTFILE_DIR
+    (container,) = [c for c in spec["containers"] if c["name"] == "metrics"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (name,) = [n for n, path in mounts.items() if path == TEXTFILE_DIR]
+    assert volumes[name]["hostPath"] == {"path": TEXTFILE_DIR, "type": "DirectoryOrCreate"}

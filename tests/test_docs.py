@@ -59,7 +59,7 @@ ELLIPSIS = "…"
 
 # Commands whose examples are re-run: they only read (install, uninstall and
 # load only with --dry-run; export and status only when they write no file).
-READ_ONLY = ("status", "check", "scan", "doctor", "export")
+READ_ONLY = ("status", "check", "scan", "doctor", "export", "ps", "metrics")
 DRY_RUN_ONLY = ("install", "uninstall", "load")
 
 
@@ -263,8 +263,10 @@ def _is_rerun(argv: list[str]) -> bool:
         return "--dry-run" in argv
     if command == "export" and "--dir" in argv:
         return "--dry-run" in argv
-    if command == "status" and "--output" in argv:
+    if command in ("status", "metrics") and "--output" in argv:
         return False
+    if command == "metrics" and "--verify" in argv:
+        return False  # runs probes through this machine's binfmt_misc
     return command in READ_ONLY
 
 
@@ -299,6 +301,9 @@ def _normalise(lines: list[str], repo: str) -> list[str]:
         line = re.sub(r'^(\s*"kernel": )".*"', r'\1"<release>"', line)
         line = re.sub(r"\bin \d+\.\d+s\b", "in <t>s", line)
         line = re.sub(r'^(\s*"seconds": )[0-9.]+', r"\1<t>", line)
+        line = re.sub(
+            r'^(binfmt_host_info\{machine="[^"]*",kernel=)"[^"]*"', r'\1"<release>"', line
+        )
         out.append(line)
     return out
 

@@ -275,6 +275,16 @@ def test_interpreter_that_is_not_elf(tmp_path: Path) -> None:
     assert "interpreter-not-elf" not in codes(report, "python3")
 
 
+def test_stale_interpreter_in_use(tmp_path: Path) -> None:
+    """A process still running an F interpreter that an upgrade replaced (issue 14)."""
+    node = Path(__file__).parent / "data" / "ps" / "containerd-systemd-v2"
+    state = BinfmtMisc(str(node / "binfmt_misc")).state()
+    report = diagnose(
+        state, Host.detect(), host_root=str(node / "host"), probe=False, proc=str(node / "proc")
+    )
+    assert "interpreter-deleted" in codes(report, "qemu-s390x")
+
+
 def test_every_code_is_produced_by_some_test() -> None:
     """Each documented finding code was produced above (runs last in this module)."""
     if len(SEEN) < 5:

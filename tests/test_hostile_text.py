@@ -132,6 +132,52 @@ COMMANDS = {
 }
 
 
+# -- ps and metrics (issue 14): a fake node whose process, pod and container are hostile ----
+
+_CID = "0123456789abcdef" * 4
+_UID = "8d9c7f3e-2a4b-4c1d-9e8f-0123456789ab"
+
+
+def _hostile_node(w: dict[str, str]) -> str:
+    """A /proc and host root beside the world: one process of the hostile entry, in a pod."""
+    top = Path(w["root"]).parent / "node"
+    if top.exists():
+        return str(top)
+    pid = top / "proc" / "77"
+    pid.mkdir(parents=True)
+    (top / "proc" / "stat").write_bytes(b"btime 1767225600\n")
+    interp = os.path.join(w["qemu_dir"], "qemu-aarch64-static")
+    os.symlink(interp, pid / "exe")
+    os.symlink(w["root"], pid / "root")
+    os.symlink(w["root"], pid / "cwd")
+    program = os.fsencode(w["arm"])[len(os.fsencode(w["root"])) :]
+    args = [os.fsencode(interp), program, NASTY_FILE, b"--" + NASTY_BYTES]
+    (pid / "cmdline").write_bytes(b"".join(a + b"\0" for a in args))
+    (pid / "stat").write_bytes(
+        b"77 (" + NASTY_BYTES + b") S 1 77 77 0 -1 0 0 0 0 0 10 5 0 0 20 0 1 0 100 0 0\n"
+    )
+    (pid / "status").write_bytes(b"VmRSS:\t1024 kB\n")
+    (pid / "cgroup").write_bytes(
+        f"0::/kubepods.slice/kubepods-pod{_UID.replace('-', '_')}.slice/"
+        f"cri-containerd-{_CID}.scope\n".encode()
+    )
+    logs = top / "host" / "var" / "log"
+    pod = logs / "pods" / f"ns{NASTY}_pod{NASTY}_{_UID}" / f"c{NASTY}"
+    pod.mkdir(parents=True)
+    (logs / "containers").mkdir()
+    os.symlink(pod / "0.log", logs / "containers" / f"pod{NASTY}_ns{NASTY}_c{NASTY}-{_CID}.log")
+    return str(top)
+
+
+def _node_args(w: dict[str, str]) -> list[str]:
+    top = _hostile_node(w)
+    return ["--procfs", w["procfs"], "--proc", f"{top}/proc", "--host-root", f"{top}/host"]
+
+
+COMMANDS["ps"] = lambda w: ["ps", *_node_args(w)]
+COMMANDS["metrics"] = lambda w: ["metrics", *_node_args(w)]
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_no_raw_control_characters(world: dict[str, str], command: str) -> None:
     """stdout and stderr of each command: UTF-8, printable, no forged line; the names are shown."""
@@ -142,7 +188,7 @@ def test_no_raw_control_characters(world: dict[str, str], command: str) -> None:
     assert "\\x1b[31mRED" in shown or "\\x1b" in shown, "the hostile text should appear, escaped"
 
 
-@pytest.mark.parametrize("command", ["status", "check", "scan", "doctor"])
+@pytest.mark.parametrize("command", ["status", "check", "scan", "doctor", "ps"])
 def test_json_keeps_exact_values(world: dict[str, str], command: str) -> None:
     """--json: printable bytes, and the values decode back to the exact names."""
     done = run(*COMMANDS[command](world), "--json")
@@ -152,6 +198,11 @@ def test_json_keeps_exact_values(world: dict[str, str], command: str) -> None:
         assert world["entry"] in [e["name"] for e in document["entries"]]  # surrogates and all
     if command == "doctor":
         assert world["entry"] in [f["entry"] for f in document["findings"]]
+    if command == "ps":
+        (process,) = document["processes"]
+        assert process["entry"] == world["entry"]
+        assert os.fsencode(process["argv"][1]) == NASTY_FILE
+        assert NASTY in process["pod"] and NASTY in process["container"]
     if command == "scan":
         paths = [f["path"] for f in document["failures"]]
         assert any(os.fsencode(p).endswith(NASTY_FILE) for p in paths), paths
