@@ -191,6 +191,8 @@ def daemonset_image(base: image.DaemonSetBase, wheels: Path, name: str, dest: Pa
         ["unshare", "--mount", "sh", "-c", script, "sh", base.root, staging / "opt", wheels,
          wheel.name],
         check=True,
+        # Nothing of this host's pip configuration reaches the image's pip.
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LC_ALL": "C.UTF-8"},
     )
     layer = oci.directory_layer(staging, dest.with_suffix(".layer"), under=["opt"])
     oci.write_archive(
