@@ -150,14 +150,12 @@ def binfmt_d() -> dict[str, str]:
 
 
 def ctr_run(step: str, image: str, name: str, argv: Sequence[str], *flags: str) -> dict[str, Any]:
-    return run(step, [*NS, "run", "--rm", *flags, image, name, *argv], timeout=300)
+    return run(step, [*NS, "run", "--rm", *flags, image, name, *argv], timeout=900)
 
 
 def arm64_uname(step: str) -> dict[str, Any]:
     """The article's proof: an arm64 container says what machine it runs on."""
-    return ctr_run(
-        step, CONFIG["arm64_image"], step, ["uname", "-m"], "--platform", "linux/arm64"
-    )
+    return ctr_run(step, CONFIG["arm64_image"], step, ["uname", "-m"], "--platform", "linux/arm64")
 
 
 def pod_flags(container: dict[str, Any]) -> list[str]:
@@ -233,10 +231,16 @@ def boot1() -> None:
     )
     run(
         "import-arm64",
-        [*NS, "image", "import", "--platform", "linux/arm64", str(IN / "oci" / "busybox-arm64.tar")],
+        [
+            *NS,
+            "image",
+            "import",
+            "--platform",
+            "linux/arm64",
+            str(IN / "oci" / "busybox-arm64.tar"),
+        ],
         timeout=300,
     )
-    run("import-daemonset", [*NS, "image", "import", str(IN / "oci" / "daemonset.tar")], timeout=900)
     run("images", [*NS, "image", "ls"])
 
     # Before: what the node's kubelet would see.
@@ -262,8 +266,10 @@ def boot1() -> None:
 def boot2() -> None:
     """After the reboot: nothing run again; then restarts, removals, the DaemonSet, the guide."""
     fact("boot2-mounts", mounts_at(BINFMT_MISC))
-    run("boot2-systemd-binfmt", ["systemctl", "show", "systemd-binfmt", "-p",
-                                 "ActiveState,Result,ExecMainStatus"])
+    run(
+        "boot2-systemd-binfmt",
+        ["systemctl", "show", "systemd-binfmt", "-p", "ActiveState,Result,ExecMainStatus"],
+    )
     wait_for_containerd()
     observe("boot2")
 
@@ -308,7 +314,9 @@ def _last_json(step: str) -> dict[str, Any]:
 def daemonset() -> None:
     """deploy/daemonset.yaml's containers on this node, with only the automount left."""
     containers = {c["name"]: c for c in CONFIG["daemonset"]}
-    image = CONFIG["daemonset_image"]
+    # The image's root tree, and its config's environment (see run.py).
+    image = CONFIG["daemonset_rootfs"]
+    flags = ["--rootfs", *(f"--env={e}" for e in CONFIG["daemonset_env"])]
     # A node without the user data: no binfmt.d files, no QEMU on the host, no
     # entries. The image brings its own QEMU.
     sh(
@@ -322,14 +330,14 @@ def daemonset() -> None:
     fact("ds-mounts-before", mounts_at(BINFMT_MISC))
 
     install = containers["install"]
-    ctr_run("ds-install", image, "ds-install", install["command"], *pod_flags(install))
+    ctr_run("ds-install", image, "ds-install", install["command"], *flags, *pod_flags(install))
     fact("ds-mounts-after", mounts_at(BINFMT_MISC))
     fact("ds-entries-after-install", {n: entry_text(n) for n in entry_names()})
     binfmt("ds-host-doctor", "doctor", "--json")
     arm64_uname("ds-after-install-arm64")
 
     verify = containers["verify"]
-    ctr_run("ds-verify", image, "ds-verify", verify["command"], *pod_flags(verify))
+    ctr_run("ds-verify", image, "ds-verify", verify["command"], *flags, *pod_flags(verify))
 
     loop = containers["keep-registered"]
     features = Path(loop["nfd_file"])
@@ -338,8 +346,18 @@ def daemonset() -> None:
     log = "/var/log/ds-keep-registered.log"
     run(
         "ds-loop-start",
-        [*NS, "run", "-d", "--log-uri", f"file://{log}", *pod_flags(loop), image,
-         "ds-keep-registered", *loop["command"]],
+        [
+            *NS,
+            "run",
+            "-d",
+            "--log-uri",
+            f"file://{log}",
+            *flags,
+            *pod_flags(loop),
+            image,
+            "ds-keep-registered",
+            *loop["command"],
+        ],
     )
     wait_for("ds-nfd-written", features.exists, 300)
     fact("ds-nfd-1", features.read_text() if features.exists() else None)
@@ -350,7 +368,7 @@ def daemonset() -> None:
     arm64_uname("ds-after-restart-arm64")
     # The loop sleeps 5 minutes between passes: end this sleep (as if the
     # minutes had passed) instead of waiting for it.
-    killed = []
+    killed: list[int] = []
     deadline = time.monotonic() + 60
     while not killed and time.monotonic() < deadline:
         for pid in _task_pids("ds-keep-registered"):

@@ -6,9 +6,9 @@
   ``tests/node_vm/customize.sh`` adds the unit that runs the test driver.
 - The **DaemonSet image's base**: what ``deploy/Dockerfile``'s first ``RUN``
   installs on ``debian:bookworm-slim`` (Debian's ``qemu-user-static``,
-  ``python3``, ``python3-venv``, without ``binfmt-support``), as a directory
-  and as one OCI layer. The Dockerfile's base image cannot be pulled in CI;
-  mmdebstrap's ``minbase`` variant is what Debian's slim images are made of.
+  ``python3``, ``python3-venv``, without ``binfmt-support``), as a directory.
+  The Dockerfile's base image cannot be pulled in CI; mmdebstrap's
+  ``minbase`` variant is what Debian's slim images are made of.
 
 Each is cached under ``tests/.cache/node-vm/`` in a directory named by a hash
 of its inputs (package lists, options, the hook script, the kernel package,
@@ -27,7 +27,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from . import oci
 from .boot import fetch_debs
 
 __all__ = ["DaemonSetBase", "NodeImage", "daemonset_base", "node_image"]
@@ -72,10 +71,9 @@ class NodeImage(NamedTuple):
 
 
 class DaemonSetBase(NamedTuple):
-    """The image's Debian root (a directory, never modified) and the same as a layer."""
+    """The image's Debian root (a directory: copy it, never modify it)."""
 
     root: Path
-    layer: oci.Layer
     build_seconds: float
 
 
@@ -118,9 +116,7 @@ def _mmdebstrap(root: Path, packages: Sequence[str], hooks: Sequence[str] = ()) 
     with open(log, "w") as out:
         done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT)
     if done.returncode:
-        raise RuntimeError(
-            f"mmdebstrap failed ({done.returncode}):\n{log.read_text()[-4000:]}"
-        )
+        raise RuntimeError(f"mmdebstrap failed ({done.returncode}):\n{log.read_text()[-4000:]}")
 
 
 def _fresh(directory: Path) -> Path:
@@ -133,8 +129,16 @@ def _fresh(directory: Path) -> Path:
 def node_image(cache: Path) -> NodeImage:
     """The node image, built (about 30 s to 3 min) unless the cache has it."""
     kernel_package = _kernel_package()
-    key = _key(NODE_PACKAGES, APT_OPTIONS, DPKG_OPTIONS, SUITE, ROOT_SIZE, kernel_package,
-               CUSTOMIZE, SOURCES)
+    key = _key(
+        NODE_PACKAGES,
+        APT_OPTIONS,
+        DPKG_OPTIONS,
+        SUITE,
+        ROOT_SIZE,
+        kernel_package,
+        CUSTOMIZE,
+        SOURCES,
+    )
     directory = cache / f"node-{key}"
     meta = directory / "image.json"
     if not meta.exists():
@@ -148,15 +152,25 @@ def node_image(cache: Path) -> NodeImage:
         release = vmlinuz.name[len("vmlinuz-") :]
         shutil.copy(vmlinuz, partial / "vmlinuz")
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", "node-root", "-d", root, partial / "root.img",
-             ROOT_SIZE],
+            [
+                "mkfs.ext4",
+                "-q",
+                "-F",
+                "-L",
+                "node-root",
+                "-d",
+                root,
+                partial / "root.img",
+                ROOT_SIZE,
+            ],
             check=True,
         )
         shutil.rmtree(root)
         seconds = time.monotonic() - start
         (partial / "image.json").write_text(
-            json.dumps({"release": release, "kernel_package": kernel_package,
-                        "build_seconds": seconds})
+            json.dumps(
+                {"release": release, "kernel_package": kernel_package, "build_seconds": seconds}
+            )
         )
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
@@ -167,29 +181,23 @@ def node_image(cache: Path) -> NodeImage:
 
 
 def daemonset_base(cache: Path) -> DaemonSetBase:
-    """The DaemonSet image's Debian root and base layer, built unless cached."""
-    key = _key(DAEMONSET_PACKAGES, APT_OPTIONS, DPKG_OPTIONS, SUITE, SOURCES,
-               Path(oci.__file__))
+    """The DaemonSet image's Debian root, built unless cached."""
+    key = _key(DAEMONSET_PACKAGES, APT_OPTIONS, DPKG_OPTIONS, SUITE, SOURCES)
     directory = cache / f"daemonset-{key}"
-    meta = directory / "layer.json"
+    meta = directory / "root.json"
     if not meta.exists():
         start = time.monotonic()
         partial = _fresh(directory)
         root = partial / "root"
         _mmdebstrap(root, DAEMONSET_PACKAGES)
-        # A container runtime provides /dev, /proc and /sys: the layer has the
-        # empty directories only, as an image built by docker has.
+        # A container runtime provides /dev, /proc and /sys: an image has the
+        # empty directories only.
         for special in ("dev", "proc", "sys"):
             shutil.rmtree(root / special)
             (root / special).mkdir()
-        layer = oci.directory_layer(root, partial / "layer.tar")
         seconds = time.monotonic() - start
-        meta_partial = partial / "layer.json"
-        meta_partial.write_text(
-            json.dumps({"digest": layer.digest, "size": layer.size, "build_seconds": seconds})
-        )
+        (partial / "root.json").write_text(json.dumps({"build_seconds": seconds}))
         shutil.rmtree(directory, ignore_errors=True)
         partial.rename(directory)
     info = json.loads(meta.read_text())
-    layer = oci.Layer(directory / "layer.tar", info["digest"], info["size"])
-    return DaemonSetBase(directory / "root", layer, info["build_seconds"])
+    return DaemonSetBase(directory / "root", info["build_seconds"])

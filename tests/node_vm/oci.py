@@ -13,14 +13,13 @@ import hashlib
 import io
 import json
 import os
-import stat
 import tarfile
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-__all__ = ["File", "Layer", "directory_layer", "files_layer", "write_archive"]
+__all__ = ["File", "Layer", "files_layer", "write_archive"]
 
 _LAYER = "application/vnd.oci.image.layer.v1.tar"
 _CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -82,32 +81,6 @@ def files_layer(files: Iterable[File], path: Path) -> Layer:
     return _layer(path)
 
 
-def directory_layer(root: Path, path: Path, *, under: Sequence[str] = ()) -> Layer:
-    """A layer of the tree at ``root`` (only the subtrees ``under``, if given), owners kept."""
-
-    def reset(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        info.uname = info.gname = ""
-        return info
-
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        tops = [root / u for u in under] if under else sorted(root.iterdir())
-        for top in tops:
-            # Parent directories of a subtree, so that the layer stands alone.
-            rel = top.relative_to(root)
-            for parent in reversed(rel.parents[:-1]):
-                tar.add(root / parent, arcname=parent.as_posix(), recursive=False, filter=reset)
-            _add_tree(tar, root, top, reset)
-    return _layer(path)
-
-
-def _add_tree(tar: tarfile.TarFile, root: Path, top: Path, reset: Any) -> None:
-    """Add ``top`` and everything below it, sorted, never following a symlink."""
-    tar.add(top, arcname=top.relative_to(root).as_posix(), recursive=False, filter=reset)
-    if stat.S_ISDIR(top.lstat().st_mode):
-        for child in sorted(top.iterdir()):
-            _add_tree(tar, root, child, reset)
-
-
 def write_archive(
     path: Path,
     *,
@@ -149,17 +122,19 @@ def write_archive(
             }
         ],
     }
-    with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as temp:
-        with tarfile.open(fileobj=temp, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
-            _add_bytes(tar, "index.json", json.dumps(index, sort_keys=True).encode())
-            for blob in (config_blob, manifest_blob):
-                _add_bytes(tar, _blob_path(_digest(blob)), blob)
-            for layer in layers:
-                info = tar.gettarinfo(os.fspath(layer.path), arcname=_blob_path(layer.digest))
-                info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
-                with open(layer.path, "rb") as f:
-                    tar.addfile(info, f)
+    with (
+        tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as temp,
+        tarfile.open(fileobj=temp, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        _add_bytes(tar, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
+        _add_bytes(tar, "index.json", json.dumps(index, sort_keys=True).encode())
+        for blob in (config_blob, manifest_blob):
+            _add_bytes(tar, _blob_path(_digest(blob)), blob)
+        for layer in layers:
+            info = tar.gettarinfo(os.fspath(layer.path), arcname=_blob_path(layer.digest))
+            info.mtime, info.uid, info.gid, info.uname, info.gname = _MTIME, 0, 0, "", ""
+            with open(layer.path, "rb") as f:
+                tar.addfile(info, f)
     os.replace(temp.name, path)
 
 
