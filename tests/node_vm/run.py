@@ -342,7 +342,8 @@ def _disk_from(directory: Path, dest: Path) -> None:
 
 def read_results(disk: Path, dest: Path) -> list[dict[str, Any]]:
     """The guest's records, read from the data disk with debugfs (no mount)."""
-    dest.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     subprocess.run(
         ["debugfs", "-R", f"rdump /results {dest}", disk], check=True, capture_output=True
     )
