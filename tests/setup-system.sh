@@ -26,6 +26,7 @@ for tool in qemu-aarch64-static unshare file; do
     command -v "$tool" >/dev/null 2>&1 || { echo "setup-system.sh: error: $tool missing after install" >&2; exit 1; }
 done
 tests/fetch-debian.sh tests/.cache/debian
+tests/node_vm/setup.sh  # the node-VM layer: mmdebstrap, qemu-system-x86, e2fsprogs
 # Debian's update-binfmts, unpacked (never installed: its postinst would
 # register formats in the host's global binfmt_misc), for the differential
 # test of the Debian format files.
