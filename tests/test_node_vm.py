@@ -46,7 +46,7 @@ import pytest
 
 from binfmt.testing import require_or_skip
 
-from .node_vm.run import CACHE, NodeRun, run_node_vm, unavailable
+from .node_vm.run import CACHE, NodeRun, load_run, run_node_vm, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The whole layer in one emulator run: image builds, two boots, every step.
@@ -60,12 +60,19 @@ AARCH64 = "qemu-aarch64"
 
 @pytest.fixture(scope="module")
 def node() -> NodeRun:
-    reason = unavailable()
-    if reason is not None:
-        require_or_skip(reason)
-    run = run_node_vm(CACHE / "last-run", timeout=VM_TIMEOUT - 300)
-    timings = {k: round(v, 1) for k, v in run.timings.items()}
-    (run.work / "timings.json").write_text(json.dumps(timings, indent=1))
+    """One run of the node VM for the whole module.
+
+    ``BINFMT_NODE_VM_REUSE=DIR`` asserts on the run recorded in DIR instead of
+    booting (for working on the assertions; CI never sets it).
+    """
+    reuse = os.environ.get("BINFMT_NODE_VM_REUSE")
+    if reuse:
+        run = load_run(Path(reuse))
+    else:
+        reason = unavailable()
+        if reason is not None:
+            require_or_skip(reason)
+        run = run_node_vm(CACHE / "last-run", timeout=VM_TIMEOUT - 300)
     if not run.records:
         pytest.fail(
             "the node VM recorded nothing "

@@ -389,7 +389,22 @@ def run_node_vm(work: Path, *, cache: Path = CACHE, timeout: float = 1500) -> No
         if rec["step"] == "boot-end":
             timings[f"boot{rec['boot']}_driver_end"] = rec["time"]
     (work / "records.json").write_text(json.dumps(records, indent=1))
+    (work / "timings.json").write_text(
+        json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1)
+    )
     return NodeRun(records, result.serial, result, timings, work)
+
+
+def load_run(work: Path) -> NodeRun:
+    """The records of an earlier run in ``work`` (to re-assert without booting again)."""
+    records = json.loads((work / "records.json").read_text())
+    serial = (work / "serial.log").read_text(errors="replace")
+    timings = (
+        json.loads((work / "timings.json").read_text()) if (work / "timings.json").exists() else {}
+    )
+    return NodeRun(
+        records, serial, BootResult(0, False, timings.get("vm", 0.0), serial), timings, work
+    )
 
 
 def unavailable() -> Optional[str]:
