@@ -1,7 +1,8 @@
 """The node from the article, booted: systemd, containerd, a reboot and the DaemonSet.
 
 One run of a Debian 12 node under ``qemu-system-x86_64`` (TCG, Debian's 6.1
-cloud kernel, systemd, containerd, runc) for the whole module: the guest
+cloud kernel, systemd, containerd, runc; two boots on the same disks) for
+the whole module: the guest
 driver (``tests/node_vm/guest.py``) runs every step and records it, and each
 test below asserts one thing those records show. The story, in order:
 
@@ -154,7 +155,7 @@ def field(entry_text: str, name: str) -> str:
 
 
 def test_node_booted_twice_and_the_driver_finished_each_boot(node: NodeRun) -> None:
-    """One emulator run, two boots (the guest rebooted itself), each driver ran to its end."""
+    """Two boots (the guest rebooted itself, the host powered it on again); each driver finished."""
     assert not node.boot.timed_out, f"the VM was killed after {node.boot.seconds:.0f} s"
     assert node.boot.returncode == 0, node.serial[-3000:]
     boots = [
