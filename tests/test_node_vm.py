@@ -51,7 +51,7 @@ from .node_vm.run import CACHE, NodeRun, load_run, run_node_vm, unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The whole layer: image builds (about 2 min from a clean clone), two boots
-#: (10–12 min alone on 2 cores, up to 20 when other emulators share them).
+#: (10 to 12 min alone on 2 cores, up to 20 when other emulators share them).
 VM_TIMEOUT = 2100
 
 pytestmark = [pytest.mark.node_vm, pytest.mark.timeout(VM_TIMEOUT)]
