@@ -28,6 +28,7 @@ for tool in qemu-aarch64-static unshare file shellcheck strace; do
 done
 tests/fetch-debian.sh tests/.cache/debian
 tests/vm/setup.sh  # the kernel matrix: qemu-system-x86 and gcc (kernels are fetched by the tests)
+tests/node_vm/setup.sh  # the node-VM layer: mmdebstrap, qemu-system-x86, e2fsprogs
 # Debian's update-binfmts, unpacked (never installed: its postinst would
 # register formats in the host's global binfmt_misc), for the differential
 # test of the Debian format files.
