@@ -328,12 +328,21 @@ class ExecModel:
 
     # -- entry points ---------------------------------------------------------------
 
-    def exec(self, path: str, exec_path: str, argv: Optional[Sequence[str]] = None) -> Verdict:
-        """``execve(exec_path, argv)`` of the file at ``path`` (a path on this machine).
+    def exec(
+        self, path: Optional[str], exec_path: str, argv: Optional[Sequence[str]] = None
+    ) -> Verdict:
+        """``execve(exec_path, argv)``: of the file at ``path`` (a path on this machine),
+        or with ``path`` ``None`` of ``exec_path`` looked up inside the root, as the kernel
+        of a process in that root would (symlinks resolved inside it).
 
         ``argv`` defaults to ``(exec_path,)``.
         """
         args = self._argv(exec_path, argv)
+        if path is None:
+            try:
+                path = resolve(self.root, exec_path, cwd=self.cwd)
+            except OSError as exc:
+                return _unopened(exec_path, exec_path, args, exc)
         try:
             with open_exec_file(path, self.rules.buffer_size) as file:
                 return self.judge(file, exec_path, args)
@@ -740,6 +749,11 @@ def predict(
     if cwd is None:
         cwd = os.getcwd() if root == "/" else "/"
     model = ExecModel(state, host, rootfs=root, cwd=cwd, kernel=kernel)
+    inside = _path_inside(root, path)
+    if root != "/" and inside.startswith("/") and inside == exec_path != path:
+        # A file of the root, started by its path there: the kernel of a process
+        # in that root follows its symlinks inside it, not on this machine.
+        return attrs.evolve(model.exec(None, exec_path, argv), path=path)
     return model.exec(path, exec_path, argv)
 
 
