@@ -122,7 +122,14 @@ def diagnose(
     if state.mounted:
         doctor.check_kernel()
         for name in state.unreadable:
-            doctor.add("unreadable-entry", f"entry {name!r} cannot be read", "run as root", name)
+            reason = state.unreadable_reason(name) or "permission denied"
+            denied = reason == "permission denied"
+            doctor.add(
+                "unreadable-entry",
+                f"entry {name!r} cannot be read ({reason})",
+                "run as root" if denied else "",
+                name,
+            )
         enabled = [e for e in state.entries if e.enabled]
         for entry in enabled:
             doctor.check_entry(entry)

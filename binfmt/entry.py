@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Optional, Union
 import attrs
 
 from . import text
-from .errors import InvalidEntry, MalformedStatus
+from .errors import InvalidEntry, MalformedStatus, show_value
 
 if TYPE_CHECKING:  # loaded on first use: reading entries (status) needs no kernel rules
     from .kernel import KernelRules
@@ -699,69 +699,153 @@ def _unescape_hex(raw: bytes) -> bytes:
 
 
 # -- the entry-file parser ------------------------------------------------------
+#
+# entry_status() in fs/binfmt_misc.c writes, from the fixed structure of the
+# entry (no escaping of any field):
+#
+#     "enabled\n" | "disabled\n"
+#     "interpreter " <interpreter> "\n"
+#     "flags: " <letters in P O C F (T L) order> "\n"
+#     then "extension ." <extension> "\n"
+#     or   "offset " <%i> "\n" "magic " <hex> "\n" [ "mask " <hex> "\n" ]
+#
+# The interpreter and the extension may hold any byte but NUL (and '/' for an
+# extension), newlines included, so the text is cut from its structure, not
+# into lines: the state line is at the start, the flags line is the first
+# "\nflags: " after the interpreter line that is followed by a well-formed
+# rest, and the rest is the extension (everything up to the final newline) or
+# the offset, magic and mask lines, which hold no newline of their own.
+
+_STATES = (("enabled\n", True), ("disabled\n", False))
+_INTERPRETER = "interpreter "
+_FLAGS = "\nflags: "
+_EXTENSION = "extension ."
+# %i of an int in [0, INT_MAX]: no sign, no leading zero, at most 10 digits.
+_INT_DIGITS = 10
 
 
 def _parse_status(name: str, text: str) -> Entry:
+    """An entry file's text, as ``entry_status()`` writes it; see the note above.
+
+    A text that two different entries would both produce (an interpreter or an
+    extension that itself holds a line such as ``flags: ``) is read as the one
+    with the shorter interpreter: the first flags line that leaves a
+    well-formed rest ends the interpreter.
+    """
     where = f"entry file {name!r}"
     if not text.endswith("\n"):
         raise MalformedStatus(where, "does not end with a newline")
-    lines = text[:-1].split("\n")
+    for state, enabled in _STATES:
+        if text.startswith(state):
+            body = text[len(state) :]
+            break
+    else:
+        first = text.split("\n", 1)[0]
+        raise MalformedStatus(
+            where, f"line 1 {show_value(first)} should be 'enabled' or 'disabled'"
+        )
+    if not body.startswith(_INTERPRETER):
+        raise MalformedStatus(
+            where,
+            f"line 2 {show_value(body.split(chr(10), 1)[0])} should start with "
+            f"{_INTERPRETER!r}",
+        )
+    body = body[len(_INTERPRETER) :]
+    problem: Optional[str] = None
+    cut = body.find(_FLAGS)
+    while cut >= 0:
+        interpreter = body[:cut]
+        line = 3 + interpreter.count("\n")  # the number of the flags line
+        try:
+            return _entry_of(name, enabled, interpreter, body[cut + 1 :], line)
+        except MalformedStatus as exc:
+            if problem is None:
+                problem = exc.problem
+        cut = body.find(_FLAGS, cut + 1)
+    if problem is None:
+        lines = body.split("\n")
+        problem = (
+            f"line 3 {show_value(lines[1])} should start with 'flags: '"
+            if len(lines) > 2
+            else "line 3 is missing (expected 'flags: '…)"
+        )
+    raise MalformedStatus(where, problem)
 
-    def take(index: int, prefix: str) -> str:
-        if index >= len(lines):
-            raise MalformedStatus(where, f"line {index + 1} is missing (expected {prefix!r}…)")
-        line = lines[index]
-        if not line.startswith(prefix):
-            raise MalformedStatus(where, f"line {index + 1} {line!r} should start with {prefix!r}")
-        return line[len(prefix) :]
 
-    state = lines[0]
-    if state not in ("enabled", "disabled"):
-        raise MalformedStatus(where, f"line 1 {state!r} should be 'enabled' or 'disabled'")
-    interpreter = take(1, "interpreter ")
-    letters = take(2, "flags: ")
+def _entry_of(name: str, enabled: bool, interpreter: str, rest: str, line: int) -> Entry:
+    """The entry whose text from the flags line on is ``rest`` (ending in a newline)."""
+    where = f"entry file {name!r}"
+    flags_line, rest = rest.split("\n", 1)  # the text ends in a newline: there is one
+    letters = flags_line[len("flags: ") :]
     try:
         flags = Flags.from_letters(letters)
     except InvalidEntry as exc:
-        raise MalformedStatus(where, f"line 3: {exc}") from None
+        raise MalformedStatus(where, f"line {line}: {exc}") from None
     if flags.letters != letters:
-        raise MalformedStatus(where, f"line 3 flags {letters!r} are not in kernel form")
+        raise MalformedStatus(where, f"line {line} flags {letters!r} are not in kernel form")
     try:
-        if len(lines) > 3 and lines[3].startswith("extension ."):
-            if len(lines) != 4:
-                raise MalformedStatus(where, f"unexpected line {lines[4]!r} after the extension")
+        if rest.startswith(_EXTENSION):
             return Entry(
                 name,
                 interpreter,
                 type=EntryType.EXTENSION,
-                extension=lines[3][len("extension .") :],
+                extension=rest[len(_EXTENSION) : -1],
                 flags=flags,
-                enabled=state == "enabled",
+                enabled=enabled,
             )
-        offset_text = take(3, "offset ")
-        if not offset_text.isdigit() or not offset_text.isascii():
-            raise MalformedStatus(where, f"line 4 offset {offset_text!r} is not a decimal number")
-        magic = _hex_line(where, 5, take(4, "magic "))
-        mask = _hex_line(where, 6, take(5, "mask ")) if len(lines) > 5 else None
-        if len(lines) > 6:
-            raise MalformedStatus(where, f"unexpected line {lines[6]!r} after the mask")
+        if not rest:
+            raise MalformedStatus(
+                where, f"line {line + 1} is missing (expected 'offset ' or 'extension .')"
+            )
+        lines = rest[:-1].split("\n")
+        offset = _offset_line(where, line + 1, lines[0])
+        if len(lines) < 2:
+            raise MalformedStatus(where, f"line {line + 2} is missing (expected 'magic '…)")
+        magic = _hex_line(where, line + 2, lines[1], "magic ")
+        mask = _hex_line(where, line + 3, lines[2], "mask ") if len(lines) > 2 else None
+        if len(lines) > 3:
+            raise MalformedStatus(
+                where, f"unexpected line {show_value(lines[3])} after the mask"
+            )
         return Entry(
-            name,
-            interpreter,
-            offset=int(offset_text),
-            magic=magic,
-            mask=mask,
-            flags=flags,
-            enabled=state == "enabled",
+            name, interpreter, offset=offset, magic=magic, mask=mask, flags=flags, enabled=enabled
         )
     except InvalidEntry as exc:
         raise MalformedStatus(where, str(exc)) from None
 
 
-def _hex_line(where: str, number: int, text: str) -> bytes:
-    if text != text.lower() or len(text) % 2:
-        raise MalformedStatus(where, f"line {number} {text!r} is not lowercase hex bytes")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise MalformedStatus(where, f"line {number} {text!r} is not lowercase hex bytes") from None
+def _offset_line(where: str, number: int, line: str) -> int:
+    if not line.startswith("offset "):
+        raise MalformedStatus(
+            where,
+            f"line {number} {show_value(line)} should be 'offset <number>' or 'extension .<ext>'",
+        )
+    digits = line[len("offset ") :]
+    # Checked before int(): a text of thousands of digits is no int the kernel
+    # prints (and int() refuses more than 4300 of them).
+    if (
+        not 0 < len(digits) <= _INT_DIGITS
+        or not all(c in "0123456789" for c in digits)
+        or (digits[0] == "0" and digits != "0")
+        or int(digits) > INT_MAX
+    ):
+        raise MalformedStatus(
+            where,
+            f"line {number} offset {show_value(digits)} is not a decimal int as the kernel "
+            f"writes it (0 to {INT_MAX}, no sign, no leading zero)",
+        )
+    return int(digits)
+
+
+def _hex_line(where: str, number: int, line: str, prefix: str) -> bytes:
+    if not line.startswith(prefix):
+        raise MalformedStatus(
+            where, f"line {number} {show_value(line)} should start with {prefix!r}"
+        )
+    text = line[len(prefix) :]
+    if len(text) % 2 or not all(c in _HEXDIGITS for c in text):
+        raise MalformedStatus(where, f"line {number} {show_value(text)} is not lowercase hex bytes")
+    return bytes.fromhex(text)
+
+
+_HEXDIGITS = frozenset("0123456789abcdef")

@@ -55,8 +55,13 @@ class State:
     enabled: Optional[bool] = None
     #: Every entry, in the kernel's lookup order: newest first.
     entries: tuple[Entry, ...] = ()
-    #: Entry files that exist but could not be read (permission denied).
+    #: Entry files that exist but give no entry, in lookup order: they cannot be
+    #: read (permission denied, a read error) or their text is not what the kernel
+    #: writes. They are not in :attr:`entries`; the others are read all the same.
     unreadable: tuple[str, ...] = ()
+    #: Why, for each of :attr:`unreadable`: ``(name, reason)`` pairs in the same
+    #: order (``"permission denied"``, an ``strerror``, or what is wrong with the text).
+    unreadable_reasons: tuple[tuple[str, str], ...] = ()
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries)
@@ -75,6 +80,17 @@ class State:
     def names(self) -> tuple[str, ...]:
         """Entry names in lookup order."""
         return tuple(e.name for e in self.entries)
+
+    def unreadable_reason(self, name: str) -> Optional[str]:
+        """Why the entry file ``name`` gives no entry (``None`` if it is not unreadable).
+
+        A name of :attr:`unreadable` given without a reason counts as
+        ``"permission denied"``, the field's only meaning in earlier versions.
+        """
+        for other, reason in self.unreadable_reasons:
+            if other == name:
+                return reason
+        return "permission denied" if name in self.unreadable else None
 
     def candidates(self, header: bytes, path: str = "") -> list[Entry]:
         """Every enabled entry that matches, in lookup order (the first one wins)."""
@@ -141,30 +157,37 @@ class BinfmtMisc:
     def state(self) -> State:
         """Read everything: mount, global switch, entries in lookup order.
 
-        Entries that vanish between listing and reading are skipped, unreadable
-        ones are listed in :attr:`State.unreadable`. Raises
-        :class:`~binfmt.errors.PermissionDenied` if the directory itself
-        cannot be listed, :class:`~binfmt.errors.MalformedStatus` naming the
-        file if an entry's text is not what the kernel prints.
+        Entries that vanish between listing and reading are skipped. An entry
+        file that cannot be read, or whose text is not what the kernel writes,
+        is listed in :attr:`State.unreadable` with the reason in
+        :attr:`State.unreadable_reasons`, and never hides the other entries.
+        Raises :class:`~binfmt.errors.PermissionDenied` if the directory itself
+        cannot be listed, :class:`~binfmt.errors.MalformedStatus` if the
+        global ``status`` file is not ``enabled`` or ``disabled``.
         """
         if not self.is_mounted():
             return State(path=self.path, mounted=False)
         enabled = self.read_enabled()
         entries: list[Entry] = []
-        unreadable: list[str] = []
+        unreadable: list[tuple[str, str]] = []
         for name in self._lookup_order():
             try:
                 entries.append(self.read_entry(name))
             except FileNotFoundError:
                 continue  # removed while we were reading: it is gone
             except PermissionDenied:
-                unreadable.append(name)
+                unreadable.append((name, "permission denied"))
+            except MalformedStatus as exc:
+                unreadable.append((name, exc.problem))
+            except OSError as exc:  # a directory, a read error: this one only
+                unreadable.append((name, exc.strerror or str(exc)))
         return State(
             path=self.path,
             mounted=True,
             enabled=enabled,
             entries=tuple(entries),
-            unreadable=tuple(unreadable),
+            unreadable=tuple(name for name, _ in unreadable),
+            unreadable_reasons=tuple(unreadable),
         )
 
     def require_mounted(self) -> None:
@@ -182,7 +205,12 @@ class BinfmtMisc:
         raise MalformedStatus(self._file("status"), f"{text!r} is neither 'enabled' nor 'disabled'")
 
     def read_entry(self, name: str) -> Entry:
-        """Read and parse one entry file."""
+        """Read and parse one entry file.
+
+        Raises :class:`~binfmt.errors.MalformedStatus` naming the file if its
+        text is not what the kernel writes, :class:`~binfmt.errors.PermissionDenied`
+        if it cannot be opened, ``OSError`` for other read errors.
+        """
         text = self._read(name)
         try:
             return Entry.from_status(name, text)

@@ -14,7 +14,7 @@ stable, documented schema (``docs/cli.rst``):
                   "offset": int|null, "magic": hex|null, "mask": hex|null,
                   "extension": str|null, "interpreter": str, "flags": str,
                   "qemu": str|null, "platforms": [str]}],
-     "unreadable": [str]}
+     "unreadable": [str], "unreadable_reasons": {str: str}}
 
 Entries are in lookup order. ``qemu`` is the QEMU target whose binaries the
 entry matches (also for non-QEMU emulators such as FEX or Rosetta, which
@@ -109,6 +109,7 @@ def status_document(state: State, host: Host) -> dict[str, Any]:
         "host": host_document(host),
         "entries": [entry_document(e) for e in state.entries],
         "unreadable": list(state.unreadable),
+        "unreadable_reasons": {name: state.unreadable_reason(name) for name in state.unreadable},
     }
 
 
@@ -211,7 +212,8 @@ def status_text(state: State, host: Host) -> str:
                 )
             lines += table(rows)
         for name in state.unreadable:
-            lines.append(f"  {printable(name)}: cannot be read (permission denied)")
+            reason = state.unreadable_reason(name)
+            lines.append(f"  {printable(name)}: cannot be read ({printable(reason or '')})")
     return _text(lines)
 
 

@@ -145,14 +145,31 @@ def test_not_mounted_json_still_describes(
 def test_malformed_tree_is_one_line_error(
     capsys: pytest.CaptureFixture[str], fake_binfmt_misc: Any
 ) -> None:
-    """A corrupt entry file gives exit 1 and one line naming the file, no traceback."""
+    """A corrupt global status file gives exit 1 and one line naming the file, no traceback."""
     misc = fake_binfmt_misc([":a:M::AB::/bin/true:"])
-    Path(misc.path, "a").write_text("garbage\n")
+    Path(misc.path, "status").write_text("garbage\n")
     code, _, err = run(capsys, "status", "--procfs", misc.path)
     assert code == 1
-    assert (
-        err == f"binfmt: error: {misc.path}/a: line 1 'garbage' should be 'enabled' or 'disabled'\n"
-    )
+    assert err == f"binfmt: error: {misc.path}/status: b'garbage\\n' is neither 'enabled' nor 'disabled'\n"
+
+
+def test_malformed_entry_file_is_reported_beside_the_others(
+    capsys: pytest.CaptureFixture[str], fake_binfmt_misc: Any
+) -> None:
+    """A corrupt entry file is listed as unreadable with the reason; the other entries show."""
+    misc = fake_binfmt_misc([":a:M::AB::/bin/true:", ":b:E::x::/bin/true:"])
+    Path(misc.path, "a").write_text("garbage\n")
+    code, out, err = run(capsys, "status", "--procfs", misc.path)
+    assert (code, err) == (0, "")
+    assert "  a: cannot be read (line 1 'garbage' should be 'enabled' or 'disabled')" in out
+    assert "extension .x" in out
+    code, out, _ = run(capsys, "status", "--json", "--procfs", misc.path)
+    doc = json.loads(out)
+    assert [e["name"] for e in doc["entries"]] == ["b"]
+    assert doc["unreadable"] == ["a"]
+    assert doc["unreadable_reasons"] == {
+        "a": "line 1 'garbage' should be 'enabled' or 'disabled'"
+    }
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:

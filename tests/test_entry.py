@@ -229,7 +229,16 @@ def test_parse_accepts_str_and_bytes_alike() -> None:
         ("enabled\ninterpreter /i\nflags: \noffset 0\nmagic 41\nmask 4\n", "line 6"),
         ("enabled\ninterpreter /i\nflags: \noffset 0\nmagic 41\nmask 41\nx\n", "unexpected"),
         ("enabled\ninterpreter /i\nflags: \noffset 0\nmagic 41\nmask 4142\n", "must be equal"),
-        ("enabled\ninterpreter /i\nflags: \nextension .x\nmore\n", "unexpected"),
+        ("enabled\ninterpreter /i\nflags: \nextension .\n", "extension"),
+        ("enabled\ninterpreter /i\nflags: \n", "line 4 is missing"),
+        ("enabled\ninterpreter /i\nflags: \noffset 007\nmagic 41\n", "leading zero"),
+        ("enabled\ninterpreter /i\nflags: \noffset 2147483648\nmagic 41\n", "line 4"),
+        ("enabled\ninterpreter /i\nflags: \noffset " + "1" * 5000 + "\nmagic 41\n", "line 4"),
+        ("enabled\ninterpreter /i\nflags: \noffset 0\n", "line 5 is missing"),
+        ("enabled\ninterpreter /i\nflags: \noffset 0\nmagic 4\n", "line 5"),
+        ("enabled\ninterpreter /i\nflags: \noffset 0\nmagic 41\nmusk 41\n", "line 6"),
+        ("enabled\ninterpreter /i\nfoo\n", "line 3 'foo'"),
+        ("enabled\ninterpreter /i\n", "line 3 is missing"),
     ],
 )
 def test_from_status_names_the_bad_line(text: str, problem: str) -> None:

@@ -83,6 +83,7 @@ def test_unreadable_entry_is_listed(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     state = misc.state()
     assert state.names == ("b",)
     assert state.unreadable == ("a",)
+    assert state.unreadable_reason("a") == "permission denied"
 
 
 def test_unlistable_directory_is_permission_denied(
@@ -100,11 +101,31 @@ def test_unlistable_directory_is_permission_denied(
 
 
 def test_malformed_entry_file_names_the_file(tmp_path: Path) -> None:
-    """A corrupt entry file raises MalformedStatus naming its path."""
+    """Reading a corrupt entry file raises MalformedStatus naming its path."""
     misc = make_fake_procfs(tmp_path, [":a:M::AB::/i:"])
     (tmp_path / "a").write_text("enabled\nnonsense\n")
     with pytest.raises(MalformedStatus, match=str(tmp_path / "a")):
-        misc.state()
+        misc.read_entry("a")
+
+
+def test_one_bad_entry_file_never_hides_the_others(tmp_path: Path) -> None:
+    """A corrupt entry file, a huge offset and a directory are each reported; the rest is read."""
+    misc = make_fake_procfs(
+        tmp_path, [":a:M::AB::/i:", ":b:M::CD::/i:", ":c:E::x::/i:", ":d:M::EF::/i:"]
+    )
+    (tmp_path / "a").write_text("enabled\nnonsense\n")
+    (tmp_path / "c").write_text(
+        "enabled\ninterpreter /i\nflags: \noffset " + "9" * 5000 + "\nmagic 41\n"
+    )
+    (tmp_path / "x").mkdir()
+    state = misc.state()
+    assert state.names == ("d", "b")
+    assert set(state.unreadable) == {"a", "c", "x"}
+    assert state.unreadable_reason("a") == "line 2 'nonsense' should start with 'interpreter '"
+    assert "is not a decimal int" in (state.unreadable_reason("c") or "")
+    assert len(state.unreadable_reason("c") or "") < 200
+    assert state.unreadable_reason("x") == "Is a directory"
+    assert state.unreadable_reason("d") is None
 
 
 def _deny_open(monkeypatch: pytest.MonkeyPatch, denied: str) -> None:
