@@ -716,7 +716,6 @@ def _unescape_hex(raw: bytes) -> bytes:
 # rest, and the rest is the extension (everything up to the final newline) or
 # the offset, magic and mask lines, which hold no newline of their own.
 
-_STATES = (("enabled\n", True), ("disabled\n", False))
 _INTERPRETER = "interpreter "
 _FLAGS = "\nflags: "
 _EXTENSION = "extension ."
@@ -735,10 +734,10 @@ def _parse_status(name: str, text: str) -> Entry:
     where = f"entry file {name!r}"
     if not text.endswith("\n"):
         raise MalformedStatus(where, "does not end with a newline")
-    for state, enabled in _STATES:
-        if text.startswith(state):
-            body = text[len(state) :]
-            break
+    if text.startswith("enabled\n"):
+        enabled, body = True, text[len("enabled\n") :]
+    elif text.startswith("disabled\n"):
+        enabled, body = False, text[len("disabled\n") :]
     else:
         first = text.split("\n", 1)[0]
         raise MalformedStatus(
@@ -747,8 +746,7 @@ def _parse_status(name: str, text: str) -> Entry:
     if not body.startswith(_INTERPRETER):
         raise MalformedStatus(
             where,
-            f"line 2 {show_value(body.split(chr(10), 1)[0])} should start with "
-            f"{_INTERPRETER!r}",
+            f"line 2 {show_value(body.split(chr(10), 1)[0])} should start with {_INTERPRETER!r}",
         )
     body = body[len(_INTERPRETER) :]
     problem: Optional[str] = None
@@ -804,9 +802,7 @@ def _entry_of(name: str, enabled: bool, interpreter: str, rest: str, line: int) 
         magic = _hex_line(where, line + 2, lines[1], "magic ")
         mask = _hex_line(where, line + 3, lines[2], "mask ") if len(lines) > 2 else None
         if len(lines) > 3:
-            raise MalformedStatus(
-                where, f"unexpected line {show_value(lines[3])} after the mask"
-            )
+            raise MalformedStatus(where, f"unexpected line {show_value(lines[3])} after the mask")
         return Entry(
             name, interpreter, offset=offset, magic=magic, mask=mask, flags=flags, enabled=enabled
         )

@@ -150,7 +150,8 @@ def test_malformed_tree_is_one_line_error(
     Path(misc.path, "status").write_text("garbage\n")
     code, _, err = run(capsys, "status", "--procfs", misc.path)
     assert code == 1
-    assert err == f"binfmt: error: {misc.path}/status: b'garbage\\n' is neither 'enabled' nor 'disabled'\n"
+    problem = "b'garbage\\n' is neither 'enabled' nor 'disabled'"
+    assert err == f"binfmt: error: {misc.path}/status: {problem}\n"
 
 
 def test_malformed_entry_file_is_reported_beside_the_others(
@@ -167,9 +168,7 @@ def test_malformed_entry_file_is_reported_beside_the_others(
     doc = json.loads(out)
     assert [e["name"] for e in doc["entries"]] == ["b"]
     assert doc["unreadable"] == ["a"]
-    assert doc["unreadable_reasons"] == {
-        "a": "line 1 'garbage' should be 'enabled' or 'disabled'"
-    }
+    assert doc["unreadable_reasons"] == {"a": "line 1 'garbage' should be 'enabled' or 'disabled'"}
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
