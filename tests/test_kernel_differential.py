@@ -189,8 +189,12 @@ def plausible_lines(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         size = draw(st.integers(1, 40))
         magic = draw(st.binary(min_size=size, max_size=size))
-        mask = draw(st.one_of(st.none(), st.binary(min_size=size, max_size=size)))
-        offset = draw(st.integers(0, 256 - size))
+        # The mask one byte short or long, the window one byte past the
+        # buffer, now and then: the rules' edges (tests/test_kernel_register_edges.py
+        # aims at them systematically).
+        mask_size = size + draw(st.sampled_from([0, 0, 0, 0, -1, 1]))
+        mask = draw(st.one_of(st.none(), st.binary(min_size=mask_size, max_size=mask_size)))
+        offset = draw(st.integers(0, 256 - size) | st.just(257 - size))
         literal = draw(st.booleans())
 
         def esc(data: bytes) -> bytes:
