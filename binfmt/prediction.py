@@ -474,7 +474,11 @@ class ExecModel:
         located = self._locate(entry)
         if isinstance(located, tuple):
             return _stopped(verdict, located, findings)
-        if isinstance(located, Finding):  # an F interpreter that is gone: it still runs
+        if isinstance(located, Finding):  # an F interpreter that is gone: it still runs,
+            # and the kernel still counts the rewrite to it (the limit, the O/C rule).
+            step = self._rewrite(loop, _sets_execfd(entry))
+            if isinstance(step, tuple):
+                return _stopped(verdict, step, (*findings, located))
             return attrs.evolve(verdict, findings=(*findings, located))
         child = self._interpreter(located, entry.interpreter, argv, loop, _sets_execfd(entry))
         if child.handler == "native" and child.interpreter is not None:

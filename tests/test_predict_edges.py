@@ -1,0 +1,73 @@
+"""predict() at the rules' edges, without a kernel (the kernel tests pin the same rules live).
+
+Each case here is one that a differential test against ``execve`` found or
+that the mutation run (``tests/tools/mutants.py``) showed was not pinned
+down anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from binfmt import Entry, Host, State
+from binfmt.prediction import predict
+
+X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
+NATIVE = b"\x7fELF\x02\x01\x01" + bytes(9) + b"\x02\x00\x3e\x00" + bytes(44)
+
+
+def write(path: Path, data: bytes, mode: int = 0o755) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+    return str(path)
+
+
+def state_of(*entries: Entry) -> State:
+    return State(path="/fake", mounted=True, enabled=True, entries=tuple(entries))
+
+
+def _scripts(tmp_path: Path, count: int, last: str) -> str:
+    """``count`` #! scripts, each naming the next, the last naming ``last``."""
+    for k in range(count):
+        nxt = str(tmp_path / f"s{k + 1}") if k + 1 < count else last
+        write(tmp_path / f"s{k}", b"#!" + nxt.encode() + b"\n")
+    return str(tmp_path / "s0")
+
+
+def test_a_gone_f_interpreter_counts_toward_the_rewrite_limit(tmp_path: Path) -> None:
+    """The rewrite to an F interpreter that was deleted still counts: the 6th is ELOOP.
+
+    Found by tests/test_kernel_chains.py: the kernel runs the file it opened,
+    but only after exec_binprm()'s depth check.
+    """
+    gone = str(tmp_path / "gone")
+    entry = Entry("f", gone, magic=b"\x01GONE", flags="F")
+    write(tmp_path / "m", b"\x01GONE\n")
+    for scripts, errno in ((4, None), (5, "ELOOP")):
+        first = _scripts(tmp_path / str(scripts), scripts, str(tmp_path / "m"))
+        v = predict(first, state=state_of(entry), host=X86)
+        assert v.errno == errno, (scripts, v)
+        codes = [f.code for f in v.findings]
+        assert "interpreter-gone" in codes
+
+
+def test_a_gone_f_interpreter_after_an_o_entry_is_enoexec(tmp_path: Path) -> None:
+    """An O entry whose interpreter is rewritten to a gone F interpreter: ENOEXEC (5.8+)."""
+    gone = str(tmp_path / "gone")
+    second = write(tmp_path / "second", b"\x01TWO\n")
+    entries = (
+        Entry("o", second, magic=b"\x01ONE", flags="O"),
+        Entry("f", gone, magic=b"\x01TWO", flags="F"),
+    )
+    v = predict(write(tmp_path / "first", b"\x01ONE\n"), state=state_of(*entries), host=X86)
+    assert v.errno == "ENOEXEC"
+    assert v.problem is not None and v.problem.code == "open-binary-rewrite"
+
+
+def test_five_rewrites_run_and_six_loop(tmp_path: Path) -> None:
+    """exec_binprm(): five interpreter rewrites run, the sixth is ELOOP."""
+    native = write(tmp_path / "native", NATIVE)
+    for count, errno in ((5, None), (6, "ELOOP")):
+        v = predict(_scripts(tmp_path / str(count), count, native), state=state_of(), host=X86)
+        assert v.errno == errno, (count, v)
