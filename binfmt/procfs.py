@@ -233,7 +233,8 @@ class BinfmtMisc:
             return listing
         listed = read_order(self._file("register"))
         present = set(listing)
-        ordered = [n for n in listed if n in present]
+        # Each name once, where it is first listed (a hand-edited order file may repeat one).
+        ordered = list(dict.fromkeys(n for n in listed if n in present))
         seen = set(ordered)
         return ordered + [n for n in listing if n not in seen]
 

@@ -108,6 +108,13 @@ def test_malformed_entry_file_names_the_file(tmp_path: Path) -> None:
         misc.read_entry("a")
 
 
+def test_a_name_listed_twice_in_the_order_file_is_one_entry(tmp_path: Path) -> None:
+    """A fake tree's register file that repeats a name still gives each entry once (fuzzer)."""
+    misc = make_fake_procfs(tmp_path, [":a:M::AB::/i:", ":b:M::CD::/i:"])
+    (tmp_path / "register").write_text("b\na\nb\na\n")
+    assert misc.state().names == ("b", "a")
+
+
 def test_one_bad_entry_file_never_hides_the_others(tmp_path: Path) -> None:
     """A corrupt entry file, a huge offset and a directory are each reported; the rest is read."""
     misc = make_fake_procfs(
