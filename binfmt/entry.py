@@ -306,20 +306,24 @@ class Entry:
         rules = _rules(kernel)
         texts = [self.name, self.interpreter, self.extension or ""]
         delim = _choose_delimiter(texts)
-        if self.type is EntryType.EXTENSION:
-            fields = [self.name, "E", "", self.extension or "", "", self.interpreter]
-            line = delim + delim.join(fields) + delim + self.flags.letters
-        else:
-            line = ""
-            # Readable spelling first; if that is too long, escape only what must be.
-            for literal in (_LITERAL, _LITERAL_MINIMAL):
+        line = ""
+        # Readable first; if that is too long, escape only what must be, then
+        # leave out the O that C (or T) implies.
+        for letters, literal in (
+            (self.flags.letters, _LITERAL),
+            (self.flags.letters, _LITERAL_MINIMAL),
+            (_shortest_letters(self.flags), _LITERAL_MINIMAL),
+        ):
+            if self.type is EntryType.EXTENSION:
+                fields = [self.name, "E", "", self.extension or "", "", self.interpreter]
+            else:
                 magic = _escape(self.magic, delim, literal)
                 mask = "" if self.mask is None else _escape(self.mask, delim, literal)
                 offset = str(self.offset) if self.offset else ""
                 fields = [self.name, "M", offset, magic, mask, self.interpreter]
-                line = delim + delim.join(fields) + delim + self.flags.letters
-                if len(_encode(line)) <= rules.max_register_length:
-                    break
+            line = delim + delim.join(fields) + delim + letters
+            if len(_encode(line)) <= rules.max_register_length:
+                break
         length = len(_encode(line))
         if length > rules.max_register_length:
             raise InvalidEntry(
@@ -465,8 +469,26 @@ def escape_magic(data: bytes, delim: str = ":") -> str:
     return _escape(data, delim, _LITERAL)
 
 
+def _shortest_letters(flags: Flags) -> str:
+    """The flag letters without the ``O`` that ``C`` or ``T`` implies (the kernel adds it)."""
+    letters = flags.letters
+    if flags & (Flags.CREDENTIALS | Flags.TRANSPARENT):
+        letters = letters.replace("O", "")
+    return letters
+
+
+# When fields hold every delimiter of _DELIMITER_CHOICES: any other ASCII
+# byte but NUL, line breaks, the backslash, 'x', hex digits (escapes) and flag
+# letters (refused as delimiters by fixed kernels).
+_DELIMITER_FALLBACK = "".join(
+    c
+    for c in map(chr, [*range(33, 127), 32, *range(1, 32), 127])  # printable first
+    if c not in _DELIMITER_CHOICES and c not in "\n\r\\xX0123456789abcdefABCDEFPOCFTLD;#"
+)
+
+
 def _choose_delimiter(texts: list[str]) -> str:
-    for candidate in _DELIMITER_CHOICES:
+    for candidate in _DELIMITER_CHOICES + _DELIMITER_FALLBACK:
         if not any(candidate in text for text in texts):
             return candidate
     raise InvalidEntry(

@@ -329,3 +329,22 @@ def test_register_line_round_trip(entry: Entry) -> None:
 def test_status_round_trip(entry: Entry) -> None:
     """from_status(to_status(e)) == e."""
     assert Entry.from_status(entry.name, entry.to_status()) == entry
+
+
+def test_a_line_at_the_length_limit_with_c_renders_without_the_implied_o() -> None:
+    """The kernel takes ``PC`` at 1920 bytes; POC would be 1921: to_register writes PC (fuzzer)."""
+    line = "|.l|M||I||/" + "i" * 1906 + "|PC"
+    assert len(line) == K618.max_register_length
+    entry = Entry.parse(line, K618)
+    assert entry.flags.letters == "POC"
+    rendered = entry.to_register(K618)
+    assert rendered == line.replace("|", ":")
+    assert Entry.parse(rendered, K618) == entry
+
+
+def test_fields_holding_every_usual_delimiter_still_render() -> None:
+    """When name and interpreter hold ``:|!%@…``, another byte is the delimiter."""
+    used = ":|!%@,=~^+&*$?<>`'\"-_[]{}()"
+    entry = Entry("n" + used, "/i" + used, magic=b"AB")
+    line = entry.to_register(K618)
+    assert line[0] not in used and Entry.parse(line, K618) == entry
