@@ -249,9 +249,9 @@ def mutants_of(module: str) -> list[Mutant]:
                     ast.Constant(not node.value))  # fmt: skip
             elif isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Sub)):
                 other_op = ast.Sub() if isinstance(node.op, ast.Add) else ast.Add()
-                new = ast.BinOp(node.left, other_op, node.right)
+                flipped = ast.BinOp(node.left, other_op, node.right)
                 add(f"{_short(node)}: {type(node.op).__name__} -> {type(other_op).__name__}",
-                    node, new)  # fmt: skip
+                    node, flipped)  # fmt: skip
             elif isinstance(node, ast.Break):
                 add(f"break -> continue (line {node.lineno})", node, ast.Continue())
     return found
