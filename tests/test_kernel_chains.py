@@ -505,3 +505,32 @@ def test_a_deleted_f_interpreter_still_runs(world: World, flags: str) -> None:
     assert verdict.errno is None and verdict.runs
     assert verdict.argv == tuple(argv_of(result.stdout))
     assert [f.code for f in verdict.findings] == ["interpreter-gone"]
+
+
+@pytest.mark.parametrize("where", ["path", "interpreter"])
+def test_the_symlink_limit(world: World, where: str) -> None:
+    """40 symlinks in one lookup are followed, the 41st gives ELOOP (MAXSYMLINKS)."""
+    box = world.box
+    box.reset()
+    d = world.work / f"links-{where}"
+    d.mkdir()
+    results = {}
+    for count in (39, 40, 41):
+        chain = d / str(count)
+        chain.mkdir()
+        target = world.work / "prog/reporter"
+        for k in range(count, 0, -1):  # l1 -> l2 -> ... -> l<count> -> the reporter
+            os.symlink(str(target), chain / f"l{k}")
+            target = chain / f"l{k}"
+        start = chain / "l1"
+        if where == "interpreter":
+            script = chain / "script"
+            script.write_bytes(b"#!" + str(start).encode() + b"\n")
+            script.chmod(0o755)
+            start = script
+        result = box.run(ARGV, executable=str(start))
+        verdict = predict(str(start), state=box.misc.state(), host=Host.detect(), argv=ARGV)
+        got = result.errno or "runs"
+        assert got == (verdict.errno or "runs"), (count, result, verdict)
+        results[count] = got
+    assert results == {39: "runs", 40: "runs", 41: "ELOOP"}

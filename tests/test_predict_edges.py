@@ -7,6 +7,7 @@ down anywhere else.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from binfmt import Entry, Host, State
@@ -71,3 +72,17 @@ def test_five_rewrites_run_and_six_loop(tmp_path: Path) -> None:
     for count, errno in ((5, None), (6, "ELOOP")):
         v = predict(_scripts(tmp_path / str(count), count, native), state=state_of(), host=X86)
         assert v.errno == errno, (count, v)
+
+
+def test_forty_symlinks_resolve_and_the_41st_loops(tmp_path: Path) -> None:
+    """resolve(): the kernel's MAXSYMLINKS, 40 links in one lookup, then ELOOP."""
+    target = write(tmp_path / "native", NATIVE)
+    for count, errno in ((40, None), (41, "ELOOP")):
+        link = target
+        for k in range(count):
+            nxt = tmp_path / f"{count}-{k}"
+            nxt.symlink_to(os.path.basename(link))  # relative: the same inside the root
+            link = str(nxt)
+        assert predict(link, state=state_of(), host=X86).errno == errno
+        rooted = predict(link, state=state_of(), host=X86, rootfs=str(tmp_path))
+        assert rooted.errno == errno, count
