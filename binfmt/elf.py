@@ -22,6 +22,7 @@ pyelftools exception, never an unbounded read.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
@@ -371,6 +372,11 @@ def _pread(fd: int, length: int, offset: int, what: str) -> bytes:
     try:
         data = os.pread(fd, length, offset)
     except (OverflowError, ValueError):  # an offset beyond what off_t holds
+        data = b""
+    except OSError as exc:
+        # An offset off_t holds, but offset + length does not: EINVAL.
+        if exc.errno not in (errno.EINVAL, errno.EOVERFLOW):
+            raise
         data = b""
     if len(data) != length:
         raise InvalidElf(f"{what} (offset {offset}, {length} bytes) runs past the end of the file")
