@@ -534,3 +534,22 @@ def test_the_symlink_limit(world: World, where: str) -> None:
         assert got == (verdict.errno or "runs"), (count, result, verdict)
         results[count] = got
     assert results == {39: "runs", 40: "runs", 41: "ELOOP"}
+
+
+def test_exec_bits(world: World) -> None:
+    """Any one exec bit lets root exec a file, no exec bit refuses it (EACCES)."""
+    box = world.box
+    box.reset()
+    d = world.work / "modes"
+    d.mkdir()
+    results = {}
+    for mode in (0o100, 0o010, 0o001, 0o002, 0o004, 0o200, 0o000, 0o7666, 0o777):
+        path = d / f"m{mode:o}"
+        path.write_bytes(reporter())
+        path.chmod(mode)
+        result = box.run(ARGV, executable=str(path))
+        verdict = predict(str(path), state=box.misc.state(), host=Host.detect(), argv=ARGV)
+        assert (result.errno or "runs") == (verdict.errno or "runs"), (oct(mode), result, verdict)
+        results[mode] = result.errno or "runs"
+    runs = {mode for mode, got in results.items() if got == "runs"}
+    assert runs == {0o100, 0o010, 0o001, 0o777}, results

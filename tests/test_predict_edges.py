@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from binfmt import Entry, Host, State
 from binfmt.prediction import predict
 
@@ -86,3 +88,15 @@ def test_forty_symlinks_resolve_and_the_41st_loops(tmp_path: Path) -> None:
         assert predict(link, state=state_of(), host=X86).errno == errno
         rooted = predict(link, state=state_of(), host=X86, rootfs=str(tmp_path))
         assert rooted.errno == errno, count
+
+
+def test_without_root_the_exec_permission_is_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not root: an exec bit is not enough, access(X_OK) must agree (and here it does)."""
+    path = write(tmp_path / "native", NATIVE, 0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert predict(path, state=state_of(), host=X86).errno is None
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
+    v = predict(path, state=state_of(), host=X86)
+    assert v.errno == "EACCES" and v.problem is not None and v.problem.code == "not-executable"
