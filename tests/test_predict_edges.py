@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from binfmt import Entry, Host, State
+from binfmt.elf import ElfHeader
 from binfmt.prediction import predict
 
 X86 = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
@@ -100,3 +101,49 @@ def test_without_root_the_exec_permission_is_asked(
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: False)
     v = predict(path, state=state_of(), host=X86)
     assert v.errno == "EACCES" and v.problem is not None and v.problem.code == "not-executable"
+
+
+def test_interpreter_dynamic_only_for_a_dynamic_native_interpreter(tmp_path: Path) -> None:
+    """The interpreter-dynamic warning names an ELF interpreter with a loader, not a script."""
+    from .argv_reporter import dynamic
+
+    loader = write(tmp_path / "ld.so", NATIVE)
+    dyn = write(tmp_path / "dyn-qemu", dynamic(loader))
+    script = write(tmp_path / "script-qemu", b"#!" + loader.encode() + b"\n")
+    for interp, warned in ((dyn, True), (script, False)):
+        entry = Entry("e", interp, magic=b"\x01DYN")
+        v = predict(write(tmp_path / "file", b"\x01DYN\n"), state=state_of(entry), host=X86)
+        assert v.errno is None, v
+        assert ("interpreter-dynamic" in [f.code for f in v.findings]) is warned, interp
+
+
+def test_an_emulated_binary_without_its_loader_starts_the_emulator(tmp_path: Path) -> None:
+    """execve of a foreign dynamic binary works (QEMU starts); its missing loader is the error."""
+    from binfmt import qemu
+
+    from .test_elf import make_elf
+
+    qemu_path = write(tmp_path / "host" / "qemu-aarch64", NATIVE)
+    entry = qemu.get("aarch64").to_entry(qemu_path, "F")
+    root = tmp_path / "root"
+    binary = write(
+        root / "bin" / "app", make_elf([(3, b"/lib/ld-linux-aarch64.so.1\0")], machine=183)
+    )
+    v = predict(binary, state=state_of(entry), host=X86, rootfs=str(root))
+    assert (v.handler, v.errno, v.interpreter) == ("binfmt_misc", None, qemu_path)
+    assert v.problem is not None and v.problem.code == "loader-missing"
+    assert not v.runs
+
+
+def test_no_handler_names_the_target_or_the_machine(tmp_path: Path) -> None:
+    """A foreign binary with no entry: the message names its QEMU target, else its machine."""
+    from binfmt import qemu
+
+    known = write(tmp_path / "arm64", qemu.get("aarch64").header(2))
+    odd = NATIVE[:18] + (0x1234).to_bytes(2, "little") + NATIVE[20:]  # no QEMU target
+    unknown = write(tmp_path / "odd", odd)
+    machine = ElfHeader.decode(odd).machine_name
+    for path, name in ((known, "aarch64"), (unknown, machine)):
+        v = predict(path, state=state_of(), host=X86)
+        assert v.errno == "ENOEXEC" and v.problem is not None
+        assert v.problem.code == "no-handler" and v.problem.message.startswith(name), v.problem
