@@ -147,3 +147,15 @@ def test_no_handler_names_the_target_or_the_machine(tmp_path: Path) -> None:
         v = predict(path, state=state_of(), host=X86)
         assert v.errno == "ENOEXEC" and v.problem is not None
         assert v.problem.code == "no-handler" and v.problem.message.startswith(name), v.problem
+
+
+def test_resolve_without_following_the_last_symlink(tmp_path: Path) -> None:
+    """follow=False: symlinks on the way are followed inside the root, the last one is not."""
+    from binfmt.rootfs import resolve
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "dir").symlink_to("/real")  # absolute: inside the root
+    (tmp_path / "real" / "file").write_bytes(b"")
+    (tmp_path / "real" / "last").symlink_to("file")
+    assert resolve(str(tmp_path), "/dir/last", follow=False) == str(tmp_path / "real" / "last")
+    assert resolve(str(tmp_path), "/dir/last") == str(tmp_path / "real" / "file")
