@@ -749,16 +749,21 @@ def _run_export(args: argparse.Namespace) -> int:
     from .files import write_files
     from .host import Host
     from .install import plan
-    from .persist import current_entries, export_files
+    from .persist import current_entries, export_files, persisted_below
     from .procfs import BinfmtMisc
 
     if not args.targets and not args.current:
         return fail(ValueError("name targets (or 'all'), or pass --current"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     state = misc.state()
+    skipped: dict[str, str] = {}
     if args.current:
         misc.require_mounted()
         entries = current_entries(state, args.targets)
+        if args.dir and not args.targets and args.format == "systemd":
+            # Export what was registered, not what vendors persist already.
+            skipped = persisted_below(entries, args.dir)
+            entries = [e for e in entries if e.name not in skipped]
         disabled = [e.name for e in entries if not e.enabled]
         if disabled:
             _warn(f"exported as enabled (files cannot say disabled): {', '.join(disabled)}")
@@ -779,6 +784,7 @@ def _run_export(args: argparse.Namespace) -> int:
             "dry_run": args.dry_run,
             "files": [{"name": n, "content": c} for n, c in files.items()],
             "written": written,
+            "skipped": [{"name": n, "source": src} for n, src in skipped.items()],
         }
         _emit(args, document, "")
     elif not args.dir or args.dry_run:
@@ -789,6 +795,11 @@ def _run_export(args: argparse.Namespace) -> int:
             _write_file_content(content)
     else:
         _write(sys.stdout, "".join(f"wrote {printable(path)}\n" for path in written))
+    for name, source in skipped.items():
+        _write(
+            sys.stdout if not args.json else sys.stderr,
+            f"skipped {printable(name)}: {printable(source)} registers it already\n",
+        )
     return EXIT_OK
 
 

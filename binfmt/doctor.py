@@ -216,7 +216,8 @@ class _Doctor:
         """Which QEMU each entry runs: /proc does not show it (anchors, pain point 8)."""
         versions: dict[str, list[str]] = {}
         for entry in enabled:
-            if not qemu.is_qemu_entry(entry) or not os.access(entry.interpreter, os.X_OK):
+            # Every QEMU, also Debian's wrappers for targets the table does not know.
+            if not qemu.runs_qemu(entry) or not os.access(entry.interpreter, os.X_OK):
                 continue
             version = _qemu_version(entry.interpreter)
             if version is not None:
@@ -328,7 +329,8 @@ class _Doctor:
             self.add(
                 "not-persisted",
                 f"{name} is not in any binfmt.d file: it is lost at reboot, and at the next "
-                "systemd-binfmt restart",
+                "systemd-binfmt restart (which also follows every package install or update "
+                "that ships a binfmt.d file)",
                 f"binfmt export --current --format systemd --dir /etc/binfmt.d {shlex.quote(name)}",
                 name,
             )
@@ -337,7 +339,8 @@ class _Doctor:
                 "systemd-binfmt-flushes",
                 "systemd-binfmt is installed: every start or restart of it first removes ALL "
                 "entries (also those of containers, WSL or Rosetta), then registers only its "
-                "binfmt.d files",
+                "binfmt.d files; it runs at boot, and again whenever a package that ships a "
+                "binfmt.d file is installed or updated (Debian's dpkg trigger)",
                 "persist what you need in /etc/binfmt.d (binfmt export)",
             )
 
