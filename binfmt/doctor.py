@@ -65,6 +65,7 @@ DOCTOR_CODES = (
     "unreadable-entry",
     "invalid-config",
     "interpreter-deleted",
+    "kernel-rules-unknown",
 )
 #: Doctor's codes with their severity (from :data:`binfmt.findings.CODES`).
 CODES: dict[str, Severity] = {code: ALL_CODES[code][0] for code in DOCTOR_CODES}
@@ -244,15 +245,31 @@ class _Doctor:
                 "exist inside every container",
                 "upgrade the kernel, or install QEMU inside the images",
             )
+        for field in rules.unknown():
+            self.add(
+                "kernel-rules-unknown",
+                f"kernel {self.host.release}: {rules.why_unknown(field)}; what depends on it is "
+                "not predicted",
+                "nothing to fix on the node; binfmt needs the kernel's patch level "
+                "(Debian and Ubuntu give it in uname -v and /proc/version_signature)",
+            )
         uid_map = read_proc_file(self.path("/proc/self/uid_map"))
         if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
-            self.add(
-                "user-namespace",
-                "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
-                "binfmt_misc gets its own instance, which hides the host's for good "
-                "(even after unmounting)",
-                "inspect and register from the host (or the namespace whose instance you mean)",
-            )
+            if rules.userns_instances:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
+                    "binfmt_misc gets its own instance, which hides the host's for good "
+                    "(even after unmounting)",
+                    "inspect and register from the host (or the namespace whose instance you mean)",
+                )
+            else:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: on this kernel (before 6.7) every namespace "
+                    "shares the host's one binfmt_misc, and mounting it here is refused (EPERM)",
+                    "register from the host, as real root",
+                )
 
     # -- one entry ----------------------------------------------------------------------
 
@@ -272,9 +289,21 @@ class _Doctor:
         if targets and qemu.tests_same_bits(entry, targets[0]):
             hint = f"binfmt install {targets[0].name} --persistent --replace"
         facts = inspect_interpreter(entry.interpreter, self.root, elf=bool(targets))
-        self.problems.extend(
-            interpreter_findings(entry, facts, emulator=bool(targets), fix_binary_hint=hint)
-        )
+        for finding in interpreter_findings(
+            entry, facts, emulator=bool(targets), fix_binary_hint=hint
+        ):
+            if (
+                finding.code == "interpreter-gone"
+                and not self.host.kernel.releases_interpreter_on_remove
+            ):
+                # Writing a new QEMU over the pinned file fails (ETXTBSY) on such kernels.
+                finding = attrs.evolve(
+                    finding,
+                    fix=finding.fix + "; install the new QEMU as a new file (renamed over "
+                    "the old path), never by writing into the old one: this kernel keeps "
+                    "it busy (ETXTBSY) until reboot",
+                )
+            self.problems.append(finding)
 
     # -- between entries ----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Optional
 
@@ -22,7 +23,7 @@ import attrs
 
 from . import text
 from .entry import Entry, Flags
-from .errors import InvalidEntry
+from .errors import InvalidEntry, InvalidValue
 
 if TYPE_CHECKING:
     from .kernel import KernelRules
@@ -89,9 +90,17 @@ class FakeKernel:
         except InvalidEntry as exc:
             raise FakeRefusal(exc.errno, os.strerror(exc.errno)) from None
         order = self._order()
-        # Since 5.12 the F interpreter is opened before the name is looked up.
+        # Since 5.12 (and 5.10.218) the F interpreter is opened before the name is looked up.
+        first = self.kernel.opens_interpreter_first
+        if first is None:
+            raise InvalidValue(
+                "kernel rules",
+                self.kernel.version,
+                "a fake tree plays one kernel exactly, and "
+                f"{self.kernel.why_unknown('opens_interpreter_first')}",
+            )
         checks = [self._open_interpreter, self._lookup_name]
-        if not self.kernel.opens_interpreter_first:
+        if not first:
             checks.reverse()
         for check in checks:
             err = check(entry, order)
@@ -107,9 +116,11 @@ class FakeKernel:
         if Flags.FIX_BINARY not in entry.flags:
             return 0
         interp = entry.interpreter
-        if not os.path.exists(interp):
-            return errno.ENOENT
-        if not os.path.isfile(interp) or not os.access(interp, os.X_OK):
+        try:
+            st = os.stat(interp)  # the registering process's view: this machine's
+        except OSError as exc:
+            return exc.errno or errno.ENOENT  # ENOENT, ENOTDIR, ELOOP, EACCES …
+        if not stat.S_ISREG(st.st_mode) or not os.access(interp, os.X_OK):
             return errno.EACCES
         return 0
 

@@ -83,6 +83,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "qemu-versions": ("info", "the QEMU versions behind the entries"),
     "unreadable-entry": ("warning", "an entry file that cannot be read"),
     "invalid-config": ("warning", "a binfmt.d line systemd skips"),
+    "kernel-rules-unknown": ("info", "a kernel rule that depends on an unknown patch level"),
     # -- ps, doctor (issue 14) ----------------------------------------------------------
     "interpreter-deleted": ("warning", "processes run an interpreter file deleted or replaced"),
 }

@@ -285,6 +285,20 @@ def test_stale_interpreter_in_use(tmp_path: Path) -> None:
     assert "interpreter-deleted" in codes(report, "qemu-s390x")
 
 
+def test_unknown_kernel_rules_are_reported(tmp_path: Path) -> None:
+    """A Debian 12 release without uname -v: the backport rules are unknown, and doctor says so."""
+    host = Host.from_facts("x86_64", "6.1.0-57-cloud-amd64", config={"CONFIG_IA32_EMULATION": "y"})
+    report = diagnose(tree("empty"), host, host_root=str(fake_root(tmp_path, {})), probe=False)
+    unknown = [p for p in report.problems if p.code == "kernel-rules-unknown"]
+    codes(report)
+    assert unknown and all("patch level" in p.message for p in unknown)
+    known = Host.from_facts(
+        "x86_64", "6.1.0-57-cloud-amd64", config={}, version="#1 SMP Debian 6.1.192-3"
+    )
+    again = diagnose(tree("empty"), known, host_root=str(fake_root(tmp_path / "k", {})))
+    assert "kernel-rules-unknown" not in {p.code for p in again.problems}
+
+
 def test_every_code_is_produced_by_some_test() -> None:
     """Each documented finding code was produced above (runs last in this module)."""
     if len(SEEN) < 5:
