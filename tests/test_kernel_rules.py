@@ -91,7 +91,7 @@ def test_for_release_without_version_keeps_working() -> None:
 
 
 def test_an_unknown_rule_is_not_guessed() -> None:
-    """Where the flag-delimiter fix is unknown (no patch level), such a line is refused, saying so."""
+    """Where the flag-delimiter fix is unknown (no patch level), such a line is refused: why."""
     from binfmt import Entry, InvalidEntry
 
     rules = KernelRules.for_release("6.1.0-57-cloud-amd64")
