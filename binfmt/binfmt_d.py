@@ -264,7 +264,7 @@ def _unique(entries: Iterable[Entry]) -> list[Entry]:
 def binfmt_d_files(
     entries: Iterable[Entry], kernel: Optional[KernelRules] = None
 ) -> dict[str, str]:
-    """One binfmt.d file per entry, ``NAME.conf``, for :func:`write_files`.
+    """One binfmt.d file per entry, ``NAME.conf``, for :func:`binfmt.files.write_files`.
 
     Named after the entry, as QEMU's script and Debian's packages name theirs,
     so a file in /etc/binfmt.d overrides the vendor file of the same name in

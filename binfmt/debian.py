@@ -421,7 +421,7 @@ def _unique(entries: Iterable[Entry]) -> list[Entry]:
 
 
 def debian_files(entries: Iterable[Entry], package: str = "binfmt") -> dict[str, str]:
-    """One Debian format file per entry, named after the entry, for :func:`write_files`.
+    """One Debian format file per entry, named after the entry (:func:`binfmt.files.write_files`).
 
     ``package`` is the owner update-binfmts records. Raises
     :class:`InvalidEntry` for what :meth:`DebianFormat.from_entry` cannot

@@ -122,7 +122,7 @@ def persisted_below(
 ) -> dict[str, str]:
     """The entries that systemd-binfmt registers anyway, from below ``directory``: name → file.
 
-    When ``directory`` is one of ``dirs`` (:data:`SYSTEMD_DIRS`, highest
+    When ``directory`` is one of ``dirs`` (:data:`binfmt.binfmt_d.SYSTEMD_DIRS`, highest
     precedence first: ``/etc/binfmt.d``, say),
     an entry that a file of a lower-precedence directory (a vendor's
     ``/usr/lib/binfmt.d/python3.11.conf``) registers identically needs no

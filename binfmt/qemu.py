@@ -681,6 +681,6 @@ def is_qemu_entry(entry: Entry) -> bool:
     """Recognisably QEMU's: an entry for this table's ELF targets, named or run like QEMU.
 
     Rosetta, FEX, box64, WSLInterop and language runtimes are not QEMU's,
-    whatever their magic matches (:func:`runs_qemu`).
+    whatever their magic matches (:func:`binfmt.qemu.runs_qemu`).
     """
     return runs_qemu(entry) and bool(identify(entry))
