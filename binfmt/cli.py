@@ -37,6 +37,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: How the options that findings name (:attr:`binfmt.findings.Finding.options`) are spelled here.
 OPTION_FLAGS = {
     "replace": "--replace",
+    "refresh": "--refresh",
     "force": "--force",
     "persistent": "--persistent",
     "credential": "--credential",

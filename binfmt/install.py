@@ -118,16 +118,28 @@ class Step:
     entry: Entry
     #: The QEMU target, when the step is about one.
     target: Optional[str] = None
-    #: Why (for ``skip``/``unchanged``), or what (for the others).
+    #: Why (for ``skip``/``unchanged``), or what (for the others); ``{name}``
+    #: stands for option ``name`` of :attr:`options` (see :meth:`reason_text`).
     reason: str = ""
     #: The entry that ``replace``/``remove`` takes away.
     old: Optional[Entry] = None
+    #: Options of the call the reason names (as in :attr:`binfmt.findings.Finding.options`).
+    options: tuple[str, ...] = ()
 
     @property
     def changes(self) -> bool:
         return self.action in _CHANGES
 
-    def to_dict(self, kernel: KernelRules) -> dict[str, Any]:
+    def reason_text(self, names: Optional[Mapping[str, str]] = None) -> str:
+        """The reason, each option spelled as ``names`` says (default: ``the force option``)."""
+        if not self.options:
+            return self.reason
+        given = names or {}
+        return self.reason.format_map({o: given.get(o, f"the {o} option") for o in self.options})
+
+    def to_dict(
+        self, kernel: KernelRules, names: Optional[Mapping[str, str]] = None
+    ) -> dict[str, Any]:
         platforms = list(qemu.get(self.target).platforms) if self.target else []
         line = None
         if self.action in ("register", "replace"):
@@ -140,7 +152,7 @@ class Step:
             "interpreter": self.entry.interpreter,
             "flags": self.entry.flags.letters,
             "line": line,
-            "reason": self.reason,
+            "reason": self.reason_text(names),
         }
 
 
@@ -167,7 +179,7 @@ class Plan:
         return {
             "procfs": self.procfs,
             "ok": self.ok,
-            "steps": [s.to_dict(self.kernel) for s in self.steps],
+            "steps": [s.to_dict(self.kernel, names) for s in self.steps],
             "findings": [f.to_dict(names) for f in self.findings],
         }
 
@@ -251,9 +263,11 @@ def _plan_target(
     native = host.runs_natively(sig.name)
     if native and not options.force:
         why = f"the host runs {sig.name} natively"
-        if explicit:
-            why += " (forcing registers it anyway)"
-        return Step("skip", entry, sig.name, why)
+        if not explicit:
+            return Step("skip", entry, sig.name, why)
+        return Step(
+            "skip", entry, sig.name, why + " ({force} registers it anyway)", options=("force",)
+        )
     if interp is None:
         if not explicit:
             return Step("skip", entry, sig.name, f"no {sig.interpreter_name} binary found")
@@ -287,7 +301,9 @@ def _plan_target(
         return Step("register", entry, sig.name, f"register {sig.name}")
     if existing.same_registration(entry):
         if options.refresh:
-            return Step("replace", entry, sig.name, "re-register (--refresh)", existing)
+            return Step(
+                "replace", entry, sig.name, "re-register ({refresh})", existing, ("refresh",)
+            )
         if existing.enabled:
             return Step("unchanged", entry, sig.name, "already registered, identical")
         return Step("enable", entry, sig.name, "registered identically but disabled", existing)
@@ -303,7 +319,12 @@ def _plan_target(
             )
         )
         return Step(
-            "conflict", entry, sig.name, "differs; not replaced without --replace", existing
+            "conflict",
+            entry,
+            sig.name,
+            "differs; not replaced without {replace}",
+            existing,
+            ("replace",),
         )
     return Step("replace", entry, sig.name, f"replace the different {entry.name!r}", existing)
 

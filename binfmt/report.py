@@ -268,7 +268,7 @@ def outcome_text(outcome: Outcome, options: Optional[OptionNames] = None) -> str
     for step in plan.steps:
         doc = step.to_dict(plan.kernel)
         platform = doc["platforms"][0] if doc["platforms"] else "-"
-        rows.append((step.action, step.entry.name, platform, step.reason))
+        rows.append((step.action, step.entry.name, platform, step.reason_text(options)))
     lines += table(rows) if rows else ["  nothing to do"]
     for finding in plan.findings:
         lines += finding_lines(finding, "  ", options)
