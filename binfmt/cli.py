@@ -911,10 +911,9 @@ def _add_ps(commands: _NewParser) -> None:
 def _run_ps(args: argparse.Namespace) -> int:
     from .report import ps_text
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     _, report = _ps_report(args)
     _emit(args, report.to_dict(), ps_text(report, OPTION_FLAGS))
     return EXIT_OK
@@ -952,10 +951,9 @@ def _run_metrics(args: argparse.Namespace) -> int:
     from .host import Host
     from .metrics import collect, document, exposition, write
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     state, report = _ps_report(args)
     host = Host.detect(args.host_root)
     checked = None

@@ -14,7 +14,7 @@ the matching flag.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import attrs
 
@@ -23,7 +23,7 @@ __all__ = ["CODES", "SEVERITIES", "Finding", "Severity", "worst"]
 Severity = Literal["info", "warning", "error"]
 
 #: The severities in increasing order.
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 
 #: Every code, with its usual severity and what it means. A finding may carry
 #: another severity where the context changes the stakes (a capture allowed

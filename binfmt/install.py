@@ -27,7 +27,7 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Optional, get_args
 
 import attrs
 
@@ -62,15 +62,7 @@ __all__ = [
 
 Action = Literal["register", "replace", "enable", "remove", "unchanged", "skip", "conflict"]
 #: Every action a step can have; the first four change the kernel's state.
-ACTIONS: tuple[Action, ...] = (
-    "register",
-    "replace",
-    "enable",
-    "remove",
-    "unchanged",
-    "skip",
-    "conflict",
-)
+ACTIONS: tuple[Action, ...] = get_args(Action)
 _CHANGES = ACTIONS[:4]
 
 #: Where to look for QEMU when no directory is given (QEMU's script defaults

@@ -237,12 +237,7 @@ def finding_lines(
 
 def verdict_text(verdict: Verdict, options: Optional[OptionNames] = None) -> str:
     """One ``check`` result: a line for the file, its findings indented below."""
-    if verdict.elf is not None:
-        arch = verdict.platform or verdict.target or verdict.elf.machine_name
-    elif verdict.handler == "script":
-        arch = "script"
-    else:
-        arch = "-"
+    arch = verdict.program
     if verdict.handler == "binfmt_misc":
         entry, interpreter = printable(verdict.entry or ""), printable(verdict.interpreter or "")
         how = f"binfmt_misc entry {entry} → {interpreter}"

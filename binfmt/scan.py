@@ -31,7 +31,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import IO, Any, Callable, Literal, Optional
+from typing import IO, Any, Callable, Literal, Optional, get_args
 
 import attrs
 
@@ -44,7 +44,7 @@ __all__ = ["KINDS", "FileResult", "Kind", "ScanReport", "classify", "scan"]
 
 Kind = Literal["native", "emulated", "script", "fails", "other"]
 #: What a file is found to be.
-KINDS: tuple[Kind, ...] = ("native", "emulated", "script", "fails", "other")
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 _RUNS_AS: dict[str, Kind] = {"native": "native", "binfmt_misc": "emulated", "script": "script"}
 # Refusals that say "this is not a program at all", not "this program fails".
@@ -84,12 +84,7 @@ class FileResult:
     @classmethod
     def of(cls, path: str, verdict: Verdict) -> FileResult:
         """The result for the file at ``path`` (inside the root) with this verdict."""
-        if verdict.elf is not None:
-            platform = verdict.platform or verdict.target or verdict.elf.machine_name
-        elif verdict.handler == "script":
-            platform = "script"
-        else:
-            platform = "-"
+        platform = verdict.program
         via = {"binfmt_misc": verdict.entry, "script": verdict.interpreter}.get(verdict.handler)
         kind = classify(verdict)
         problem = verdict.problem if kind == "fails" else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import inspect
 import pickle
+from typing import cast
 
 import pytest
 
@@ -51,7 +52,8 @@ def test_pickles_with_its_message_and_fields(error: errors.BinfmtError) -> None:
     assert "\n" not in str(error)
     assert vars(again) == vars(error)
     if isinstance(error, OSError):
-        assert (again.errno, again.filename) == (error.errno, error.filename)
+        os_error = cast(OSError, error)
+        assert (again.errno, again.filename) == (os_error.errno, os_error.filename)
 
 
 def test_natural_builtins() -> None:
