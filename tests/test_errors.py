@@ -52,8 +52,8 @@ def test_pickles_with_its_message_and_fields(error: errors.BinfmtError) -> None:
     assert "\n" not in str(error)
     assert vars(again) == vars(error)
     if isinstance(error, OSError):
-        os_error = cast(OSError, error)
-        assert (again.errno, again.filename) == (os_error.errno, os_error.filename)
+        before, after = cast(OSError, error), cast(OSError, again)
+        assert (after.errno, after.filename) == (before.errno, before.filename)
 
 
 def test_natural_builtins() -> None:
