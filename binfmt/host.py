@@ -53,7 +53,7 @@ __all__ = ["Host", "Measure", "measure_native", "primary_target", "read_proc_fil
 
 #: How a compat target's support was measured: ``(verdict, evidence)``, the
 #: verdict ``True``/``False``, or ``None`` when the measurement could not tell.
-Measure = Callable[[str], "tuple[Optional[bool], str]"]
+Measure = Callable[[str], tuple[Optional[bool], str]]
 
 # uname -m → the QEMU target of the kernel's own binaries.
 _MACHINE_TARGET = {
