@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -288,9 +289,10 @@ def measure_native(
 ) -> tuple[Optional[bool], str]:
     """Whether this kernel and CPU run ``target``'s programs themselves: measured.
 
-    Runs :func:`~binfmt.probes.held_probe` for ``target`` and, while it waits
-    on its standard input, compares ``/proc/<pid>/exe`` with the program's
-    file: the same file means the kernel's ELF loader ran it (a binfmt_misc
+    Runs :func:`~binfmt.probes.held_probe` for ``target`` and, once the
+    program has written its byte (it runs: the ``execve`` is over) and while
+    it waits on its standard input, compares ``/proc/<pid>/exe`` with the
+    program's file: the same file means the kernel's ELF loader ran it (a binfmt_misc
     entry would have made its interpreter the executable). Then it lets the
     program exit and checks its status. Returns ``(True, why)`` when it ran
     natively, ``(False, why)`` when the kernel refused it (``ENOEXEC``) or it
@@ -327,13 +329,13 @@ def measure_native(
 
 
 def _run_held(path: str, target: str, timeout: float) -> tuple[Optional[bool], str]:
-    """Start the held probe at ``path``, see who runs it, let it exit."""
+    """Start the held probe at ``path``, see who runs it once it runs, let it exit."""
     try:
         proc = subprocess.Popen(
             [path],
             executable=path,
             stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env={},
             cwd="/",
@@ -343,8 +345,15 @@ def _run_held(path: str, target: str, timeout: float) -> tuple[Optional[bool], s
         if exc.errno == errno.ENOEXEC:
             return False, f"measured: the kernel refuses {target} programs (ENOEXEC)"
         return None, f"execve: {name}"
+    assert proc.stdin is not None and proc.stdout is not None
     try:
-        # Popen returns once the execve succeeded: the executable is final.
+        # The byte it writes means the program runs: the execve is over (when
+        # Popen returns, the kernel may not have switched /proc/PID/exe yet).
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        if not ready:
+            return None, f"the {target} probe did not start running in {timeout:g} s"
+        if not os.read(proc.stdout.fileno(), 1):
+            return None, f"the {target} probe ended without running (exit {proc.wait(timeout)})"
         try:
             own = os.stat(path)
             exe = os.stat(f"/proc/{proc.pid}/exe")
@@ -358,7 +367,6 @@ def _run_held(path: str, target: str, timeout: float) -> tuple[Optional[bool], s
                     "that QEMU's entries do not match"
                 )
             return None, f"a binfmt_misc entry took the {target} probe"
-        assert proc.stdin is not None
         proc.stdin.close()
         try:
             status = proc.wait(timeout)
@@ -368,9 +376,9 @@ def _run_held(path: str, target: str, timeout: float) -> tuple[Optional[bool], s
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if proc.stdin is not None:
+        for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(OSError):
-                proc.stdin.close()
+                stream.close()
     if status == PROBE_STATUS:
         return True, f"measured: the {target} probe ran natively"
     if status < 0:

@@ -35,10 +35,12 @@ probe must match the entries it is meant to verify.
 
 :func:`held_probe` is the other kind, for :class:`~binfmt.host.Host` to learn
 whether the kernel itself runs a compat target (AArch32 on arm64, i386 on
-x86_64): it first blocks in ``read(0, sp, 1)`` until its standard input is
-closed, so that the parent can look at ``/proc/<pid>/exe`` while it runs (the
-probe file itself if the kernel loaded it, the interpreter if a
-binfmt_misc entry took it), then exits like :func:`probe`. Its ``e_ident``
+x86_64): it writes one byte to its standard output (so the parent knows that
+the program runs: the ``execve`` is over), then blocks in ``read(0, sp, 1)``
+until its standard input is closed, so that the parent can look at
+``/proc/<pid>/exe`` while it runs (the probe file itself if the kernel
+loaded it, the interpreter if a binfmt_misc entry took it), then exits like
+:func:`probe`. Its ``e_ident``
 padding (bytes 9 to 15, which the kernel's ELF loader ignores) carries
 :data:`HELD_MARK`, so that no entry of QEMU's table, which all require zero
 there, matches it.
@@ -147,11 +149,16 @@ def _arm(status: int, at: int) -> bytes:
 
 
 def _arm_held(status: int, at: int) -> bytes:
-    """ARM: ``read(0, sp, 1)`` (it overwrites argc, which nothing reads), then exit."""
+    """ARM: ``write(1, sp, 1)``, ``read(0, sp, 1)`` (the byte at sp is argc's), then exit."""
     return _u32(
         False,
-        0xE3A00000,  # mov r0, #0           (stdin)
+        0xE3A00001,  # mov r0, #1           (stdout)
         0xE1A0100D,  # mov r1, sp           (a buffer: the word holding argc)
+        0xE3A02001,  # mov r2, #1
+        0xE3A07004,  # mov r7, #4           (write)
+        0xEF000000,  # svc #0
+        0xE3A00000,  # mov r0, #0           (stdin)
+        0xE1A0100D,  # mov r1, sp
         0xE3A02001,  # mov r2, #1
         0xE3A07003,  # mov r7, #3           (read)
         0xEF000000,  # svc #0
@@ -159,10 +166,15 @@ def _arm_held(status: int, at: int) -> bytes:
 
 
 def _i386_held(status: int, at: int) -> bytes:
-    """i386: ``read(0, esp, 1)``, then exit."""
+    """i386: ``write(1, esp, 1)``, ``read(0, esp, 1)``, then exit."""
     return (
-        b"\xbb\x00\x00\x00\x00"  # mov ebx, 0  (stdin)
+        b"\xbb\x01\x00\x00\x00"  # mov ebx, 1  (stdout)
         + b"\x89\xe1"  # mov ecx, esp  (a buffer: the word holding argc)
+        + b"\xba\x01\x00\x00\x00"  # mov edx, 1
+        + b"\xb8\x04\x00\x00\x00"  # mov eax, 4  (write)
+        + b"\xcd\x80"  # int 0x80
+        + b"\xbb\x00\x00\x00\x00"  # mov ebx, 0  (stdin)
+        + b"\x89\xe1"  # mov ecx, esp
         + b"\xba\x01\x00\x00\x00"  # mov edx, 1
         + b"\xb8\x03\x00\x00\x00"  # mov eax, 3  (read)
         + b"\xcd\x80"  # int 0x80
@@ -450,10 +462,11 @@ def probe(target: str, status: int = PROBE_STATUS) -> bytes:
 
 
 def held_probe(target: str, status: int = PROBE_STATUS) -> bytes:
-    """A probe that waits for its standard input to close, then exits with ``status``.
+    """A probe that says it runs, waits for its standard input to close, exits with ``status``.
 
-    It reads one byte from file descriptor 0 first (EOF or a byte, either
-    will do), so the process stays alive while its parent looks at it; the
+    It writes one byte (any) to file descriptor 1, then reads one from file
+    descriptor 0 (EOF or a byte, either will do), so the process stays alive
+    while its parent, which saw the byte, looks at it; the
     ``e_ident`` padding carries :data:`HELD_MARK`. Only the targets of
     :data:`HELD_PROBE_TARGETS` have one (:class:`~binfmt.errors.UnknownTarget`
     otherwise); ``status`` is checked as in :func:`probe`.

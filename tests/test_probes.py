@@ -372,7 +372,7 @@ def test_held_probe_matches_no_qemu_entry(target: str) -> None:
 @pytest.mark.qemu
 @pytest.mark.parametrize("target", HELD_PROBE_TARGETS)
 def test_held_probe_reads_stdin_then_exits(target: str, tmp_path: Path) -> None:
-    """Under QEMU's -strace: read(0, sp, 1), then exit_group(status)."""
+    """Under QEMU's -strace: write(1, sp, 1), read(0, sp, 1), then exit_group(status)."""
     qemu_binary = require_qemu(target)
     path = tmp_path / f"held-{target}"
     path.write_bytes(held_probe(target, 9))
@@ -381,8 +381,10 @@ def test_held_probe_reads_stdin_then_exits(target: str, tmp_path: Path) -> None:
         [str(qemu_binary), "-strace", str(path)], capture_output=True, timeout=60, input=b""
     )
     calls = [line.split(" ", 1)[1] for line in result.stderr.decode().splitlines() if line]
-    assert result.returncode == 9
-    assert re.fullmatch(r"read\(0,0x[0-9a-f]+,1\) = 0", calls[0]) and calls[1:] == ["exit_group(9)"]
+    assert result.returncode == 9 and len(result.stdout) == 1
+    assert re.fullmatch(r"write\(1,0x[0-9a-f]+,1\) = 1", calls[0]), calls
+    assert re.fullmatch(r"read\(0,0x[0-9a-f]+,1\) = 0", calls[1]), calls
+    assert calls[2:] == ["exit_group(9)"]
     entries = _debian_entries()
     data = held_probe(target)
     assert not [
