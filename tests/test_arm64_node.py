@@ -103,6 +103,23 @@ def test_before_set_up_the_cpu_decides(cpu: node_vm.Cpu) -> None:
 @CPU
 @pytest.mark.arm64_vm
 @pytest.mark.timeout(900)
+def test_the_measurement_gives_one_answer(cpu: node_vm.Cpu) -> None:
+    """measure_native("arm") 50 times before set-up (and 50 with qemu-arm registered on the
+    AArch32 CPU): always the same, right answer."""
+    run = node(cpu)
+    want = (
+        [True, "measured: the arm probe ran natively"]
+        if cpu.aarch32
+        else [False, "measured: the kernel refuses arm programs (ENOEXEC)"]
+    )
+    steps = ["00-measure", "12-measure-forced"] if cpu.aarch32 else ["00-measure"]
+    for step in steps:
+        assert run[step].json() == {json.dumps(want): 50}, step
+
+
+@CPU
+@pytest.mark.arm64_vm
+@pytest.mark.timeout(900)
 def test_install_all_registers_what_the_cpu_cannot_run(cpu: node_vm.Cpu) -> None:
     """x86_64, i386, armeb and the rest are registered, aarch64 is skipped, arm exactly when
     the CPU cannot run it; status lists exactly what was registered, each with F."""

@@ -113,6 +113,7 @@ INSTALL = "--qemu-path /usr/bin --qemu-suffix -static --persistent all"
 #: What a node operator does, in order: (step name, command line). Each
 #: command's stdout goes to ``/out/NAME.out``, stderr to ``/out/NAME.err``.
 STEPS: tuple[tuple[str, str], ...] = (
+    ("00-measure", "python3 /t/measure.py 50"),
     ("01-programs-before", "python3 /t/programs.py"),
     ("02-status-before", "binfmt status --json"),
     (
@@ -134,6 +135,7 @@ FORCED_STEPS: tuple[tuple[str, str], ...] = (
     ("10-force-arm", f"binfmt install {INSTALL.replace(' all', ' arm')} --force --json"),
     ("11-status-forced", "binfmt status --json"),
     ("12-programs-forced", "python3 /t/programs.py armhf"),
+    ("12-measure-forced", "python3 /t/measure.py 50"),
     ("13-doctor-forced", "binfmt doctor --json"),
 )
 
@@ -153,6 +155,14 @@ for arch in sys.argv[1:] or ("amd64", "i386", "armhf"):
     out[arch] = {"errno": None, "status": p.returncode, "stdout": p.stdout.decode(),
                  "stderr": p.stderr.decode(errors="replace")[-500:]}
 print(json.dumps(out))
+"""
+
+# The host's measurement of arm, repeated: every answer, counted.
+_MEASURE = r"""
+import collections, json, sys
+from binfmt.host import measure_native
+answers = collections.Counter(json.dumps(measure_native("arm")) for _ in range(int(sys.argv[1])))
+print(json.dumps(answers))
 """
 
 _BINFMT = """#!/usr/bin/python3
@@ -274,6 +284,7 @@ def node_disk(
         _compile(tree, site / "binfmt")
     _write(tree / "usr/bin/binfmt", _BINFMT, 0o755)
     _write(tree / "t/programs.py", _PROGRAMS, 0o644)
+    _write(tree / "t/measure.py", _MEASURE, 0o644)
     assert kernel.module is not None  # binfmt_misc is a module in Debian's cloud kernels
     shutil.copy(kernel.module, tree / "t/binfmt_misc.ko")
     for arch, where in [("arm64", "usr/bin"), *((a, f"opt/busybox/{a}") for a in BUSYBOXES)]:
