@@ -10,7 +10,9 @@ contenders read from the page cache. Baselines:
 - a bare Python walk that opens, reads 256 bytes of and closes the same files
   as the scan (the floor for any Python implementation);
 - ``file -b`` over the same files (the tool people reach for);
-- ``python -c pass`` and ``python -c 'import attrs'`` for start-up.
+- ``python -c pass`` and ``python -c 'import attrs'`` for start-up;
+- ``subprocess.run(["/bin/true"])`` for measuring a compat target (a
+  spawn of the held probe).
 """
 
 from __future__ import annotations
@@ -253,8 +255,42 @@ def main() -> int:
         f"| `python -m binfmt status` (29 entries) | {t_status * 1000:.0f} ms | "
         f"{t_status / t_attrs:.2f}x |",
     ]
+    out += host_detection(runs)
     print("\n".join(out))
     return 0
+
+
+def host_detection(runs: int) -> list[str]:
+    """What measuring a compat target costs, against spawning a native program."""
+    from binfmt.host import measure_native
+
+    compat = {"x86_64": "i386", "aarch64": "arm"}.get(os.uname().machine)
+    if compat is None:
+        return ["", f"## host detection: no compat target to measure on {os.uname().machine}"]
+
+    def timed(fn: Callable[[], object]) -> float:
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    spawn = timed(lambda: subprocess.run(["/bin/true"]))
+    measured = timed(lambda: measure_native(compat))
+    plain = timed(lambda: Host.detect(measure=False))
+    detect = timed(Host.detect)
+    return [
+        "",
+        f"## host detection (median of {runs})",
+        "",
+        "| step | time | vs spawning /bin/true |",
+        "|---|---|---|",
+        f"| `subprocess.run(['/bin/true'])` | {spawn * 1000:.1f} ms | 1.00x |",
+        f"| `measure_native({compat!r})` | {measured * 1000:.1f} ms | {measured / spawn:.2f}x |",
+        f"| `Host.detect(measure=False)` | {plain * 1000:.1f} ms | {plain / spawn:.2f}x |",
+        f"| `Host.detect()` | {detect * 1000:.1f} ms | {detect / spawn:.2f}x |",
+    ]
 
 
 if __name__ == "__main__":
