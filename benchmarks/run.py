@@ -16,7 +16,9 @@ contenders read from the page cache. Baselines:
   change);
 - ``ps -e -o pid,args`` over the same ``/proc`` for ``binfmt ps``, with 2,000 real
   (native) processes started for the purpose, plus emulated ones in a private
-  binfmt_misc instance where one can be made (``--ps-processes``).
+  binfmt_misc instance where one can be made (``--ps-processes``);
+- ``subprocess.run(["/bin/true"])`` for measuring a compat target (a
+  spawn of the held probe).
 """
 
 from __future__ import annotations
@@ -303,6 +305,7 @@ def main() -> int:
             f"{ratio} |"
         )
     out += ps_section(args.ps_processes, runs)
+    out += host_detection(runs)
     print("\n".join(out))
     return 0
 
@@ -374,6 +377,39 @@ def ps_section(count: int, runs: int) -> list[str]:
         f"| `python -m binfmt ps --json` | {t_json * 1000:.0f} ms | {t_json / t_ps:.2f}x |",
         f"| `binfmt.processes()` in-process | {lib * 1000:.1f} ms "
         f"({lib / report.examined * 1e6:.1f} µs a process) | {lib / t_ps:.2f}x |",
+    ]
+
+
+def host_detection(runs: int) -> list[str]:
+    """What measuring a compat target costs, against spawning a native program."""
+    from binfmt.host import measure_native
+
+    compat = {"x86_64": "i386", "aarch64": "arm"}.get(os.uname().machine)
+    if compat is None:
+        return ["", f"## host detection: no compat target to measure on {os.uname().machine}"]
+
+    def timed(fn: Callable[[], object]) -> float:
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    spawn = timed(lambda: subprocess.run(["/bin/true"]))
+    measured = timed(lambda: measure_native(compat))
+    plain = timed(lambda: Host.detect(measure=False))
+    detect = timed(Host.detect)
+    return [
+        "",
+        f"## host detection (median of {runs})",
+        "",
+        "| step | time | vs spawning /bin/true |",
+        "|---|---|---|",
+        f"| `subprocess.run(['/bin/true'])` | {spawn * 1000:.1f} ms | 1.00x |",
+        f"| `measure_native({compat!r})` | {measured * 1000:.1f} ms | {measured / spawn:.2f}x |",
+        f"| `Host.detect(measure=False)` | {plain * 1000:.1f} ms | {plain / spawn:.2f}x |",
+        f"| `Host.detect()` | {detect * 1000:.1f} ms | {detect / spawn:.2f}x |",
     ]
 
 

@@ -52,6 +52,7 @@ DOCTOR_CODES = (
     "writable-interpreter",
     "no-fix-binary",
     "hijacks-native",
+    "native-unknown",
     "shadowed-entry",
     "duplicate-entry",
     "not-persisted",
@@ -275,13 +276,37 @@ class _Doctor:
 
     def check_entry(self, entry: Entry) -> None:
         captured = self.host.captured_by(entry)
-        if captured:
+        evidence = dict(self.host.evidence)
+        if self.host.primary in captured:
             # First: it matters most, and whatever its interpreter, native programs break.
             self.add(
                 "hijacks-native",
                 f"{entry.name} matches this host's own {', '.join(captured)} binaries: "
                 f"every such exec goes to {entry.interpreter} (or fails with ELOOP/ENOENT)",
                 f"binfmt uninstall {shlex.quote(entry.name)}",
+                entry.name,
+            )
+        elif captured:
+            # A compat target the CPU runs itself (measured or read): emulated instead.
+            how = "; ".join(evidence.get(t, "native") for t in captured)
+            self.problems.append(
+                Finding(
+                    "hijacks-native",
+                    severity="warning",
+                    message=f"{entry.name} matches {', '.join(captured)} programs, which this "
+                    f"host runs itself ({how}): every such exec goes to {entry.interpreter} "
+                    "instead, emulated",
+                    fix=f"binfmt uninstall {shlex.quote(entry.name)}",
+                    entry=entry.name,
+                )
+            )
+        unsure = [t for t in self.host.unknown if qemu.coverage(entry, qemu.get(t)) != "none"]
+        if unsure:
+            self.add(
+                "native-unknown",
+                f"{entry.name} matches {', '.join(unsure)} programs, and whether this host "
+                f"runs them itself is unknown ({'; '.join(evidence.get(t, '') for t in unsure)})",
+                f"if the CPU runs them, binfmt uninstall {shlex.quote(entry.name)}",
                 entry.name,
             )
         targets = qemu.identify(entry)

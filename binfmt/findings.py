@@ -55,6 +55,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "writable-interpreter": ("warning", "an interpreter that a non-root user can change"),
     "no-fix-binary": ("warning", "no F flag: the interpreter must exist in each container"),
     "hijacks-native": ("error", "the entry matches the host's own programs"),
+    "native-unknown": ("warning", "whether the host runs a compat target itself is unknown"),
     # -- plans (install, uninstall, load) -------------------------------------------
     "kernel-too-old": ("error", "the kernel refuses a flag the plan needs"),
     "credentials-flag": ("warning", "the C flag runs emulators with setuid privileges"),

@@ -277,6 +277,9 @@ def _plan_target(
         return Step("register", entry, sig.name, "interpreter not found")
     findings.extend(_check_interpreter(entry))
     findings.extend(_capture_findings(entry, host, options.force))
+    unsure = sig.name in host.unknown
+    if unsure:
+        findings.append(_unknown_finding(entry, sig.name, host))
     for other in state.entries:
         if other.name != entry.name and other.enabled and sig in qemu.identify(other):
             findings.append(
@@ -290,7 +293,8 @@ def _plan_target(
             )
     existing = state.get(entry.name)
     if existing is None:
-        return Step("register", entry, sig.name, f"register {sig.name}")
+        unknown = " (whether the host runs it itself is unknown)" if unsure else ""
+        return Step("register", entry, sig.name, f"register {sig.name}{unknown}")
     if existing.same_registration(entry):
         if options.refresh:
             return Step(
@@ -325,18 +329,31 @@ def _capture_findings(entry: Entry, host: Host, force: bool) -> list[Finding]:
     captured = host.captured_by(entry)
     if not captured:
         return []
+    # Only the primary target's programs can loop; a compat target's run emulated.
+    loop = " (or loop with ELOOP)" if host.primary in captured else ", emulated"
     return [
         Finding(
             "hijacks-native",
             message=f"{entry.name} would also match this host's own "
-            f"{', '.join(captured)} binaries: every such exec would go to its interpreter "
-            "(or loop with ELOOP)",
+            f"{', '.join(captured)} binaries: every such exec would go to its interpreter"
+            f"{loop}",
             severity="warning" if force else "error",
             fix="" if force else "{force} registers it anyway",
             entry=entry.name,
             options=() if force else ("force",),
         )
     ]
+
+
+def _unknown_finding(entry: Entry, target: str, host: Host) -> Finding:
+    why = dict(host.evidence).get(target, "not measured")
+    return Finding(
+        "native-unknown",
+        message=f"whether this host runs {target} programs itself is unknown ({why}): "
+        f"{entry.name} sends every one of them to {entry.interpreter}",
+        fix=f"if the CPU runs {target} programs, leave {target} out",
+        entry=entry.name,
+    )
 
 
 def _check_interpreter(entry: Entry) -> list[Finding]:

@@ -97,6 +97,7 @@ def host_document(host: Host) -> dict[str, Any]:
         "native": list(host.native),
         "platforms": platforms,
         "unknown": list(host.unknown),
+        "evidence": dict(host.evidence),
     }
 
 
@@ -190,6 +191,10 @@ def status_text(state: State, host: Host) -> str:
     lines.append(f"host: {host.machine}, kernel {host.release}, runs natively: {native}")
     if host.unknown:
         lines.append(f"      cannot tell whether it runs {', '.join(host.unknown)} natively")
+        for target in host.unknown:
+            why = dict(host.evidence).get(target)
+            if why:
+                lines.append(f"      {target}: {printable(why)}")
     if state.mounted:
         count = len(state.entries)
         if count == 0:
