@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import stat
 import time
@@ -498,7 +499,8 @@ def _simulate(entries: Sequence[Entry], writes: Iterable[_Write]) -> list[Entry]
     for w in writes:
         if w.op == "register":
             assert w.entry is not None
-            out = [attrs.evolve(w.entry, enabled=True), *(e for e in out if e.name != w.name)]
+            new = w.entry if w.entry.enabled else attrs.evolve(w.entry, enabled=True)
+            out = [new, *(e for e in out if e.name != w.name)]
         elif w.op == "remove":
             out = [e for e in out if e.name != w.name]
         else:
@@ -567,6 +569,21 @@ def _unrestorable(state: State) -> dict[str, str]:
     return found
 
 
+def _same(a: Entry, b: Entry) -> bool:
+    """:meth:`Entry.same_registration`, without building entries (planning compares many)."""
+    return (a.name, a.interpreter, a.type, a.offset, a.magic, a.mask, a.extension, a.flags) == (
+        b.name,
+        b.interpreter,
+        b.type,
+        b.offset,
+        b.magic,
+        b.mask,
+        b.extension,
+        b.flags,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
 def _overlap(a: Entry, b: Entry) -> bool:
     """Whether some file (and exec path) can match both entries, so their order matters."""
     if a.type is EntryType.EXTENSION or b.type is EntryType.EXTENSION:
@@ -604,25 +621,23 @@ def _restore_writes(
     """
     now = {e.name: e for e in current}
     position = {e.name: i for i, e in enumerate(current)}
-    keep = {t.name for t in target if t.name in now and now[t.name].same_registration(t)}
-    changed = True
-    while changed:
-        changed = False
-        for i, a in enumerate(target):
-            if a.name not in keep or a.name in pinned:
-                continue
-            for b in target[i + 1 :]:
-                if not (exact or _overlap(a, b)):
-                    continue
-                if b.name not in keep or position[b.name] < position[a.name]:
-                    keep.discard(a.name)
-                    changed = True
-                    break
+    keep = {t.name for t in target if t.name in now and _same(now[t.name], t)}
+    # Oldest first: whether an entry stays depends only on the older ones.
+    for i in range(len(target) - 1, -1, -1):
+        a = target[i]
+        if a.name not in keep or a.name in pinned:
+            continue
+        for b in target[i + 1 :]:
+            if (b.name not in keep or position[b.name] < position[a.name]) and (
+                exact or _overlap(a, b)
+            ):
+                keep.discard(a.name)
+                break
     # Entries that must go (or differ) first; then, oldest first, every target entry
     # not kept: registered, or removed and registered at once if it only moves, and
     # disabled right after if it was. So a failure part way loses as little as can be.
     wanted = {t.name for t in target}
-    moving = {t.name for t in target if t.name in now and now[t.name].same_registration(t)}
+    moving = {t.name for t in target if t.name in now and _same(now[t.name], t)}
     writes = [
         _Write("remove", e.name) for e in current if e.name not in keep and e.name not in moving
     ]
@@ -683,7 +698,7 @@ def _compare(before: Sequence[Entry], after: Sequence[Entry]) -> list[_Differenc
         other = now.get(e.name)
         if other is None:
             continue
-        if not other.same_registration(e):
+        if not _same(other, e):
             found.append(_Difference(e.name, f"{e.name!r} differs: {_field_changes(e, other)}"))
         elif other.enabled != e.enabled:
             state = "enabled" if other.enabled else "disabled"

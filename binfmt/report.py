@@ -285,9 +285,9 @@ def outcome_text(outcome: Outcome, options: Optional[OptionNames] = None) -> str
         lines.append(f"done: {len(changes)} {noun} applied, but binfmt_misc is not as planned:")
         lines.extend(f"  {printable(d)}" for d in outcome.differences)
     elif outcome.restored:
-        lines.append("failed, and rolled back: binfmt_misc is as it was before")
+        lines.append("failed; binfmt_misc is as it was before")
     elif outcome.restored is False:
-        lines.append("failed, and rolled back, but binfmt_misc is not as it was before:")
+        lines.append("failed; binfmt_misc is not as it was before:")
         lines.extend(f"  {printable(d)}" for d in outcome.differences)
     elif not changes and plan.ok:
         lines.append("nothing to change")
