@@ -704,6 +704,8 @@ def _compare(before: Sequence[Entry], after: Sequence[Entry]) -> list[_Differenc
             state = "enabled" if other.enabled else "disabled"
             found.append(_Difference(e.name, f"{e.name!r} is {state} (it was not)"))
     common_before = [e for e in before if e.name in now]
+    if [e.name for e in common_before] == [e.name for e in after if e.name in was]:
+        return found  # the same order
     rank = {e.name: i for i, e in enumerate(after)}
     harmless: list[str] = []
     for i, a in enumerate(common_before):
@@ -936,9 +938,9 @@ def apply(plan: Plan, misc: BinfmtMisc, *, locked: bool = False) -> list[Step]:
     state changed since it was made, or a step became one a failure could not
     undo. When a write fails, the state is read again and brought back to the
     one before (the entries this run touched, in their lookup order), then
-    read once more and compared: the error's :attr:`~InstallError.restored`
-    says whether it is as it was, :attr:`~InstallError.differences` what is
-    not. When every write succeeds but the state read afterwards is not the
+    read once more and compared: the error's ``restored`` says whether it is
+    as it was, ``differences`` what is not (see
+    :class:`~binfmt.errors.InstallError`). When every write succeeds but the state read afterwards is not the
     plan's (another writer), the error has ``applied`` set. ``locked`` says
     the caller already holds :func:`lock`.
     """
