@@ -940,9 +940,9 @@ def apply(plan: Plan, misc: BinfmtMisc, *, locked: bool = False) -> list[Step]:
     one before (the entries this run touched, in their lookup order), then
     read once more and compared: the error's ``restored`` says whether it is
     as it was, ``differences`` what is not (see
-    :class:`~binfmt.errors.InstallError`). When every write succeeds but the state read afterwards is not the
-    plan's (another writer), the error has ``applied`` set. ``locked`` says
-    the caller already holds :func:`lock`.
+    :class:`~binfmt.errors.InstallError`). When every write succeeds but the
+    state read afterwards is not the plan's (another writer), the error has
+    ``applied`` set. ``locked`` says the caller already holds :func:`lock`.
     """
     if not plan.ok:
         errors = "; ".join(f.message for f in plan.findings if f.severity == "error")

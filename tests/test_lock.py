@@ -38,7 +38,7 @@ from binfmt.sandbox import Sandbox
 from binfmt.testing import make_fake_procfs, require_or_skip
 
 ROOT = Path(__file__).resolve().parents[1]
-SYSTEMD_BINFMT = "/usr/lib/systemd/systemd-binfmt"
+SYSTEMD_BINFMTS = ("/usr/lib/systemd/systemd-binfmt", "/lib/systemd/systemd-binfmt")
 
 
 def _tool(name: str) -> str:
@@ -324,8 +324,10 @@ def test_installs_uninstall_and_systemd_binfmt_at_once(tmp_path: Path) -> None:
     left is one some writer registered whole, and each command's outcome is
     honest: it succeeded only with everything it planned in place.
     """
-    if not os.path.exists(SYSTEMD_BINFMT):
-        require_or_skip(f"{SYSTEMD_BINFMT} is missing (Debian's systemd package has it)")
+    found = [p for p in SYSTEMD_BINFMTS if os.path.exists(p)]
+    if not found:
+        require_or_skip("systemd-binfmt is missing (Debian's systemd package has it)")
+    systemd_binfmt = found[0]
     flock = _tool("flock")
     try:
         with Sandbox():
@@ -365,7 +367,7 @@ def test_installs_uninstall_and_systemd_binfmt_at_once(tmp_path: Path) -> None:
         ["uninstall", "--json", "s390x"],
     ]
     python = [sys.executable, "-m", "binfmt"]
-    restart = f"{SYSTEMD_BINFMT} --unregister && {SYSTEMD_BINFMT}"
+    restart = f"{systemd_binfmt} --unregister && {systemd_binfmt}"
     replay_commands = [*ours, ["systemd", *sd_lines]]
     serial: dict[tuple[int, ...], Any] = {
         order: _replay(order, replay_commands, initial, tmp_path)

@@ -254,7 +254,7 @@ def test_outcome_text_and_json_say_what_was_left(
 def test_the_order_of_overlapping_entries_is_put_back(
     fake_binfmt_misc: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The issue's case: replacing an entry a newer one shadows, failing: the newer one wins again."""
+    """The issue's case: a failed replace of an entry a newer one shadows; the newer still wins."""
     misc = fake_binfmt_misc([":qemu:M::QQ::/bin/false:", ":box:M::QQ::/bin/true:"])
     assert misc.state().names == ("box", "qemu")
     _fail_write(monkeypatch, 2)  # the registration after the removal
@@ -274,7 +274,8 @@ def test_errors_pickle() -> None:
         "the writer lock of /p is held by process 42 (flock) and was not released within "
         "1.5 s: nothing was written"
     )
-    assert isinstance(lt, TimeoutError) and lt.holder == 42
+    assert lt.holder == 42
+    assert isinstance(lt, TimeoutError)
 
 
 def test_apply_refuses_a_plan_whose_undo_got_worse(tmp_path: Path) -> None:
