@@ -1017,8 +1017,7 @@ def _roll_back(
     problems: Mapping[str, str],
     held: Mapping[str, Optional[tuple[int, int, int]]],
 ) -> InstallError:
-    """Bring the entries this run touched back to ``before``; the error that says how it went."""
-    touched = {w.name for w in writes}
+    """Bring the entries this run changed back to ``before``; the error that says how it went."""
     notes: list[str] = []
     failed: list[str] = []
     try:
@@ -1036,23 +1035,26 @@ def _roll_back(
     def can_register(entry: Entry) -> bool:
         return entry.name not in pinned or os.path.exists(entry.interpreter)
 
+    ours = _left_by_this_run(before, now, writes, done)
     # Stop at the first write of the way back that fails, read again and try
     # once more from there: a write that depends on a failed one could lose more.
     for _ in range(3):
-        back = _way_back(now.entries, _rollback_target(before, now, touched), pinned, can_register)
+        back = _way_back(now.entries, _rollback_target(before, now, ours), pinned, can_register)
         if not back:
             break
         for w in back:
             try:
                 _write(misc, w)
             except BinfmtError as undo_error:
-                failed.append(str(undo_error))
+                if str(undo_error) not in failed:
+                    failed.append(str(undo_error))
                 break
-            if w.op == "register" and w.name in pinned:
-                notes.append(
-                    f"{w.name!r} is registered again, but holds the file now at "
-                    f"{_interpreter_of(before, w.name)}, not the one it held before"
-                )
+            note = (
+                f"{w.name!r} is registered again, but holds the file now at "
+                f"{_interpreter_of(before, w.name)}, not the one it held before"
+            )
+            if w.op == "register" and w.name in pinned and note not in notes:
+                notes.append(note)
         else:
             break
         try:
@@ -1068,7 +1070,7 @@ def _roll_back(
             differences=(f"unknown: {read_error}",),
         )
     differences = [
-        d.text if d.name in touched or d.behind is not None else f"{d.text} (not by this run)"
+        d.text if d.name in ours or d.behind is not None else f"{d.text} (not by this run)"
         for d in _compare(before.entries, after.entries)
     ]
     if before.enabled != after.enabled:
@@ -1096,12 +1098,29 @@ def _interpreter_of(state: State, name: str) -> str:
     return entry.interpreter if entry is not None else ""
 
 
-def _rollback_target(before: State, now: State, touched: Collection[str]) -> list[Entry]:
-    """What to restore: touched entries as they were; others as another writer left them."""
+def _left_by_this_run(before: State, now: State, writes: Sequence[_Write], done: int) -> set[str]:
+    """The entries that are as this run's writes left them (the failed one may have happened).
+
+    Only those are brought back: an entry another writer changed since (a
+    ``systemd-binfmt`` restart removing everything, say) is left as it is now.
+    """
+    results = [_simulate(before.entries, writes[:k]) for k in {done, min(done + 1, len(writes))}]
+    ours = set()
+    for name in {w.name for w in writes[: done + 1]}:
+        current = now.get(name)
+        for result in results:
+            expected = next((e for e in result if e.name == name), None)
+            if current == expected:  # both absent, or equal in every field and enabled
+                ours.add(name)
+    return ours
+
+
+def _rollback_target(before: State, now: State, ours: Collection[str]) -> list[Entry]:
+    """What to restore: the entries this run changed as they were; others as they are now."""
     was = set(before.names)
-    target = [e for e in now.entries if e.name not in touched and e.name not in was]
+    target = [e for e in now.entries if e.name not in ours and e.name not in was]
     for e in before.entries:
-        if e.name in touched:
+        if e.name in ours:
             target.append(e)
         else:
             current = now.get(e.name)

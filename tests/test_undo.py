@@ -293,3 +293,32 @@ def test_apply_refuses_a_plan_whose_undo_got_worse(tmp_path: Path) -> None:
         apply(the_plan, misc)
     assert misc.state() == before
     assert isinstance(the_plan, Plan)
+
+
+def test_what_another_writer_did_meanwhile_is_left_and_named(
+    fake_binfmt_misc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rollback undoes only this run's writes: another writer's are kept, and said to be."""
+    misc = fake_binfmt_misc(
+        [":a:M::AA::/bin/true:", ":b:M::BB::/bin/true:", ":c:M::CC::/bin/true:"]
+    )
+    real = BinfmtMisc._write
+    calls = [0]
+
+    def write(self: BinfmtMisc, name: str, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 2:  # meanwhile, another writer removes c and registers x
+            real(self, "c", b"-1")
+            real(self, "register", b":x:M::XX::/bin/true:")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, name, data)
+
+    monkeypatch.setattr(BinfmtMisc, "_write", write)
+    with pytest.raises(InstallError) as caught:
+        apply(plan_uninstall(["a", "b"], state=misc.state()), misc)
+    assert misc.state().names == ("x", "b", "a")  # a is back, in its place; c stays gone
+    assert caught.value.restored is False
+    assert caught.value.differences == (
+        "'c' is gone (not by this run)",
+        "'x' is new (not by this run)",
+    )
