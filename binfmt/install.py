@@ -636,7 +636,6 @@ def _restore_writes(
     # Entries that must go (or differ) first; then, oldest first, every target entry
     # not kept: registered, or removed and registered at once if it only moves, and
     # disabled right after if it was. So a failure part way loses as little as can be.
-    wanted = {t.name for t in target}
     moving = {t.name for t in target if t.name in now and _same(now[t.name], t)}
     writes = [
         _Write("remove", e.name) for e in current if e.name not in keep and e.name not in moving
@@ -653,7 +652,6 @@ def _restore_writes(
         writes.append(_Write("register", t.name, t))
         if not t.enabled:
             writes.append(_Write("disable", t.name))
-    assert wanted >= keep
     return writes
 
 
