@@ -150,6 +150,58 @@ def many_entries(n: int) -> State:
     return State("/bench", True, True, tuple(entries))
 
 
+def undo_proof(repeat: int) -> list[str]:
+    """``install --persistent --refresh --force all`` planned over F entries, fine or stale.
+
+    After a QEMU upgrade every F entry's file was replaced, and the plan must
+    fail each write in turn on paper to say what a rollback could not put
+    back; with the files unchanged it has nothing to prove. The baseline is
+    the same plan over unchanged files, in the same run.
+    """
+    from binfmt.install import InstallOptions, plan
+    from binfmt.kernel import KernelRules
+    from binfmt.testing import make_fake_procfs
+
+    host = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
+    rules = KernelRules.for_release("6.18")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Path(tmp, "q")
+        q.mkdir()
+        sigs = [s for s in qemu.resolve(["all"]) if not host.runs_natively(s.name)]
+        for sig in sigs:
+            path = q / f"{sig.interpreter_name}-static"
+            path.write_bytes(b"\x7fELF")
+            path.chmod(0o755)
+        time.sleep(0.02)
+        entries = [sig.to_entry(str(q / f"{sig.interpreter_name}-static"), "F") for sig in sigs]
+        misc = make_fake_procfs(Path(tmp, "p"), entries, kernel=rules)
+        options = InstallOptions(qemu_path=str(q), persistent=True, refresh=True, force=True)
+        fine = misc.state()
+        t_fine = best(lambda: plan(["all"], options, state=fine, host=host), repeat)
+        time.sleep(0.02)
+        for sig in sigs:  # the upgrade: a new file at every path
+            path = q / f"{sig.interpreter_name}-static"
+            new = path.with_name("new")
+            new.write_bytes(b"\x7fELF new")
+            new.chmod(0o755)
+            os.replace(new, path)
+        stale = misc.state()
+        t_stale = best(lambda: plan(["all"], options, state=stale, host=host), repeat)
+        lost = len(plan(["all"], options, state=stale, host=host).cannot_restore)
+    rows += [
+        "",
+        f"## install planning: the undo proof ({len(sigs)} F entries)",
+        "",
+        "| F files | cannot be put back | plan | vs unchanged files |",
+        "|---|---|---|---|",
+        f"| unchanged | 0 | {t_fine * 1000:.0f} ms | 1.00x |",
+        f"| all replaced (after an upgrade) | {lost} | {t_stale * 1000:.0f} ms | "
+        f"{t_stale / t_fine:.2f}x |",
+    ]
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tree", default="/usr")
@@ -264,6 +316,8 @@ def main() -> int:
     ):
         t = best(fn, repeat)
         out.append(f"| {label} | {t / n * 1e6:.1f} µs |")
+
+    out += undo_proof(repeat)
 
     # -- start-up ---------------------------------------------------------------------
     py = sys.executable

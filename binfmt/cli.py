@@ -484,7 +484,9 @@ def _add_install(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="also register targets the host runs natively (and entries that capture them)",
+        help="also register targets the host runs natively (and entries that capture them), "
+        "and replace entries a failure could not put back (F entries whose interpreter "
+        "file was deleted or replaced)",
     )
     _change_options(p)
     p.set_defaults(handler=_run_install)
@@ -528,6 +530,12 @@ def _add_uninstall(commands: _NewParser) -> None:
     )
     p.add_argument("names", nargs="*", metavar="NAME|TARGET")
     p.add_argument("--all-qemu", action="store_true", help="remove every QEMU entry")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even when a failure could not put every entry back "
+        "(F entries whose interpreter file was deleted or replaced)",
+    )
     _change_options(p)
     p.set_defaults(handler=_run_uninstall)
 
@@ -541,7 +549,11 @@ def _run_uninstall(args: argparse.Namespace) -> int:
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
     return _change(
-        args, misc, lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state)
+        args,
+        misc,
+        lambda state: plan_uninstall(
+            args.names, all_qemu=args.all_qemu, state=state, force=args.force
+        ),
     )
 
 
@@ -559,7 +571,8 @@ def _add_load(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="register even entries that capture this host's own binaries",
+        help="register even entries that capture this host's own binaries, and replace "
+        "entries a failure could not put back",
     )
     _change_options(p)
     p.set_defaults(handler=_run_load)

@@ -116,6 +116,13 @@ class FakeKernel:
                 err = err if self.kernel.precise_errors else errno.EINVAL
                 raise FakeRefusal(err, os.strerror(err))
         self._save(entry)
+        if Flags.FIX_BINARY in entry.flags:
+            # The kernel opens an F interpreter before it creates the entry, whose
+            # timestamps are the registration time: later than the file's last change.
+            path = os.path.join(self.path, entry.name)
+            held = os.stat(entry.interpreter).st_ctime_ns
+            when = max(os.stat(path).st_mtime_ns, held + 1)
+            os.utime(path, ns=(when, when))
         _write_order(self.order_file, [entry.name, *order])
 
     @staticmethod
@@ -149,9 +156,12 @@ class FakeKernel:
             os.unlink(os.path.join(self.path, name))
             _write_order(self.order_file, [n for n in self._order() if n != name])
             return
-        with open(os.path.join(self.path, name), "rb") as f:
+        path = os.path.join(self.path, name)
+        with open(path, "rb") as f:
             entry = Entry.from_status(name, f.read())
+        registered = os.stat(path).st_mtime_ns
         self._save(attrs.evolve(entry, enabled=command == "1"))
+        os.utime(path, ns=(registered, registered))  # the kernel keeps the entry's timestamps
 
     def _order(self) -> list[str]:
         return [

@@ -64,6 +64,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     "repeated-name": ("error", "the same entry name is given twice"),
     "unknown-name": ("error", "neither an entry nor a QEMU target"),
     "nothing-to-remove": ("info", "no QEMU entry for that target is registered"),
+    "cannot-restore": ("error", "if a later step failed, an entry could not be put back as it was"),
+    "restore-order": (
+        "warning",
+        "a rollback would list entries that match no common file reordered",
+    ),
     # -- verify -----------------------------------------------------------------------
     "unexpected-outcome": ("warning", "the kernel did not do what the prediction said"),
     "native-confirmed": ("info", "a compat target the kernel could not tell about runs"),

@@ -272,17 +272,28 @@ def outcome_text(outcome: Outcome, options: Optional[OptionNames] = None) -> str
     lines += table(rows) if rows else ["  nothing to do"]
     for finding in plan.findings:
         lines += finding_lines(finding, "  ", options)
+    if plan.cannot_restore:
+        names = ", ".join(printable(repr(n)) for n in plan.cannot_restore)
+        lines.append(f"if a step fails, these cannot be put back as they were: {names}")
     changes = plan.changes
     registering = [s for s in changes if s.action in ("register", "replace")]
+    noun = "change" if len(changes) == 1 else "changes"
     if outcome.dry_run and plan.ok and changes:
         if registering:
             lines.append("register lines (dry run, nothing written):")
             lines.extend("  " + printable(s.entry.to_register(plan.kernel)) for s in registering)
         else:
             lines.append("dry run: nothing written")
-    elif outcome.applied:
-        noun = "change" if len(changes) == 1 else "changes"
+    elif outcome.applied and not outcome.differences:
         lines.append(f"done: {len(changes)} {noun} applied")
+    elif outcome.applied:
+        lines.append(f"done: {len(changes)} {noun} applied, but binfmt_misc is not as planned:")
+        lines.extend(f"  {printable(d)}" for d in outcome.differences)
+    elif outcome.restored:
+        lines.append("failed; binfmt_misc is as it was before")
+    elif outcome.restored is False:
+        lines.append("failed; binfmt_misc is not as it was before:")
+        lines.extend(f"  {printable(d)}" for d in outcome.differences)
     elif not changes and plan.ok:
         lines.append("nothing to change")
     return _text(lines)

@@ -19,6 +19,10 @@ SAMPLES: list[errors.BinfmtError] = [
     errors.UnknownTarget("unknown target 'x'"),
     errors.NoSuchEntry("qemu-nope"),
     errors.InstallError("rolled back"),
+    errors.InstallError(
+        "not as it was", applied=False, restored=False, differences=("'a' is gone",)
+    ),
+    errors.LockTimeout("/proc/sys/fs/binfmt_misc", 30.0, 4242, "flock"),
     errors.SandboxUnavailable("no user namespaces"),
     errors.NotMounted("/proc/sys/fs/binfmt_misc"),
     errors.PermissionDenied("/proc/sys/fs/binfmt_misc/register", "write to"),
