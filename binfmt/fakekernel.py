@@ -14,6 +14,7 @@ unchanged against it.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from collections.abc import Iterable
@@ -28,10 +29,14 @@ from .errors import InvalidEntry, InvalidValue
 if TYPE_CHECKING:
     from .kernel import KernelRules
 
-__all__ = ["FakeKernel", "FakeRefusal", "is_fake_tree", "read_order"]
+__all__ = ["FakeKernel", "FakeRefusal", "held_file", "is_fake_tree", "read_order"]
 
 #: The files every binfmt_misc directory has besides the entries.
-SPECIAL_FILES = ("register", "status")
+#: Where a fake tree keeps which file each ``F`` entry holds (the kernel keeps it
+#: in memory): not an entry.
+HELD_FILES = ".binfmt-held"
+#: The files of a binfmt_misc directory that are not entries (the last: fake trees only).
+SPECIAL_FILES = ("register", "status", HELD_FILES)
 
 
 class FakeRefusal(OSError):
@@ -46,6 +51,19 @@ def is_fake_tree(path: str) -> bool:
     except OSError:
         return False
     return True
+
+
+def held_file(path: str, name: str) -> Optional[tuple[int, int, int]]:
+    """The file the fake tree at ``path`` says its ``F`` entry ``name`` holds:
+    (device, inode, change time in ns), or ``None`` when it does not say (a
+    tree captured from a kernel, whose files were not opened here)."""
+    try:
+        with open(os.path.join(path, HELD_FILES), "rb") as f:
+            record = json.loads(f.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    held = record.get(name)
+    return tuple(held) if isinstance(held, list) and len(held) == 3 else None
 
 
 def read_order(path: str) -> list[str]:
@@ -120,10 +138,28 @@ class FakeKernel:
             # The kernel opens an F interpreter before it creates the entry, whose
             # timestamps are the registration time: later than the file's last change.
             path = os.path.join(self.path, entry.name)
-            held = os.stat(entry.interpreter).st_ctime_ns
-            when = max(os.stat(path).st_mtime_ns, held + 1)
+            held = os.stat(entry.interpreter)
+            when = max(os.stat(path).st_mtime_ns, held.st_ctime_ns + 1)
             os.utime(path, ns=(when, when))
+            self._hold(entry.name, (held.st_dev, held.st_ino, held.st_ctime_ns))
         _write_order(self.order_file, [entry.name, *order])
+
+    def _hold(self, name: str, held: Optional[tuple[int, int, int]]) -> None:
+        """Record (or with ``None`` forget) the file an F entry holds."""
+        path = os.path.join(self.path, HELD_FILES)
+        try:
+            with open(path, "rb") as f:
+                record = json.loads(f.read() or b"{}")
+        except (OSError, ValueError):
+            record = {}
+        if held is None:
+            if name not in record:
+                return
+            record.pop(name)
+        else:
+            record[name] = list(held)
+        with open(path, "w") as f:
+            json.dump(record, f)
 
     @staticmethod
     def _open_interpreter(entry: Entry, order: list[str]) -> int:
@@ -146,6 +182,7 @@ class FakeKernel:
         if command == "-1":
             for name in self._order():
                 os.unlink(os.path.join(self.path, name))
+                self._hold(name, None)
             _write_order(self.order_file, [])
         else:
             with open(os.path.join(self.path, "status"), "wb") as f:
@@ -154,6 +191,7 @@ class FakeKernel:
     def _entry(self, name: str, command: str) -> None:
         if command == "-1":
             os.unlink(os.path.join(self.path, name))
+            self._hold(name, None)
             _write_order(self.order_file, [n for n in self._order() if n != name])
             return
         path = os.path.join(self.path, name)

@@ -43,6 +43,7 @@ import attrs
 from . import qemu
 from .entry import Entry, EntryType, Flags
 from .errors import BinfmtError, InstallError, LockTimeout, NotMounted, PermissionDenied
+from .fakekernel import held_file, is_fake_tree
 from .findings import Finding
 from .health import inspect_interpreter, interpreter_findings
 from .host import Host
@@ -558,7 +559,14 @@ def _held_file_problem(entry: Entry, procfs: str) -> Optional[str]:
         )
     if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
         return f"its F interpreter {path} is no longer an executable file"
-    if st.st_ctime_ns >= registered or link.st_ctime_ns >= registered:
+    if is_fake_tree(procfs):
+        # A fake kernel says which file it holds; a captured tree's entry files have
+        # a checkout's times, not registrations, and nothing of it holds a file here.
+        held = held_file(procfs, entry.name)
+        changed = held is not None and held != (st.st_dev, st.st_ino, st.st_ctime_ns)
+    else:
+        changed = st.st_ctime_ns >= registered or link.st_ctime_ns >= registered
+    if changed:
         return (
             f"its F interpreter {path} changed after the entry was registered (replaced or "
             "modified): registering it again would hold the new file, not the one the kernel "
