@@ -393,8 +393,8 @@ class _Doctor:
                 "systemd-binfmt-flushes",
                 "systemd-binfmt is installed: every start or restart of it first removes ALL "
                 "entries (also those of containers, WSL or Rosetta), then registers only its "
-                "binfmt.d files; it runs at boot, and again whenever a package that ships a "
-                "binfmt.d file is installed or updated (Debian's dpkg trigger)",
+                "binfmt.d files; it runs at boot, and again at every package install or update "
+                "that ships a binfmt.d file (Debian's dpkg trigger)",
                 "persist what you need in /etc/binfmt.d (binfmt export)",
             )
 

@@ -106,9 +106,11 @@ class FakeKernel:
         try:
             entry = Entry.parse(data, self.kernel)
         except InvalidEntry as exc:
-            # A name longer than NAME_MAX fails in the dcache lookup, which comes
-            # after the F interpreter is opened since 5.12: a missing one wins.
-            if exc.errno == errno.ENAMETOOLONG and self.kernel.opens_interpreter_first:
+            # A name longer than NAME_MAX, or one of the directory's own files
+            # (EEXIST), fails in the dcache lookup, which comes after the F
+            # interpreter is opened since 5.12: a missing one wins.
+            late = (errno.ENAMETOOLONG, errno.EEXIST)
+            if exc.errno in late and self.kernel.opens_interpreter_first:
                 fixed = _with_short_name(data, self.kernel)
                 err = self._open_interpreter(fixed, []) if fixed is not None else 0
                 if err:
