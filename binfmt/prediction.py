@@ -344,9 +344,7 @@ class ExecModel:
             kind = "directory" if stat.S_ISDIR(file.mode) else "special file"
             return Finding("not-regular", message=f"{file.path} is a {kind}, not a file")
         fs = fs or self.fs
-        if not as_executable and (
-            not file.mode & 0o111 or (self.this_machine and fs.denied(file))
-        ):
+        if not as_executable and (not file.mode & 0o111 or (self.this_machine and fs.denied(file))):
             return Finding("not-executable", message=f"{file.path} has no exec permission")
         if self.this_machine and fs.noexec(file):
             return Finding("noexec-mount", message=f"{file.path} is on a filesystem mounted noexec")
@@ -739,9 +737,7 @@ def predict(
         exec_path = _path_inside(root, path)
     if cwd is None:
         cwd = os.getcwd() if root == "/" else "/"
-    model = ExecModel(
-        state, host, rootfs=root, cwd=cwd, kernel=kernel, this_machine=this_machine
-    )
+    model = ExecModel(state, host, rootfs=root, cwd=cwd, kernel=kernel, this_machine=this_machine)
     inside = _path_inside(root, path)
     if root != "/" and inside.startswith("/") and inside == exec_path != path:
         # A file of the root, started by its path there: the kernel of a process

@@ -27,7 +27,8 @@ import errno
 import os
 import stat
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ContextManager, Optional
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Optional
 
 import attrs
 
@@ -195,7 +196,7 @@ class Root:
 
     def open(
         self, name: str, buffer_size: int, *, follow: bool = True
-    ) -> ContextManager[OpenedFile]:
+    ) -> AbstractContextManager[OpenedFile]:
         """Open the file ``name`` (from :meth:`resolve`, or a path of the root) for exec."""
         raise NotImplementedError
 
@@ -227,7 +228,9 @@ class DirectoryRoot(Root):
     def resolve(self, path: str, *, cwd: str = "/", follow: bool = True) -> str:
         return resolve(self.path, path, cwd=cwd, follow=follow)
 
-    def open(self, name: str, buffer_size: int, *, follow: bool = True) -> ContextManager[ExecFile]:
+    def open(
+        self, name: str, buffer_size: int, *, follow: bool = True
+    ) -> AbstractContextManager[ExecFile]:
         return open_exec_file(name, buffer_size, follow=follow)
 
     def noexec(self, file: OpenedFile) -> bool:

@@ -38,8 +38,8 @@ import attrs
 from .errors import InvalidValue
 from .host import Host
 from .prediction import ExecModel, Verdict
-from .rootfs import open_exec_file
 from .procfs import State
+from .rootfs import open_exec_file
 
 __all__ = ["KINDS", "FileResult", "Kind", "ScanReport", "classify", "scan"]
 
