@@ -937,13 +937,14 @@ def _run_scan(args: argparse.Namespace) -> int:
     }
     if args.tar:
         report = scan_archive(args.tar, **common)
-        for warning in report.warnings:
-            _warn(warning)
-        if report.warnings_total > len(report.warnings):
-            _warn(f"… and {report.warnings_total - len(report.warnings)} more members left out")
     else:
         report = scan(args.rootfs, jobs=args.jobs, **common)
     _emit(args, report.to_dict(), scan_text(report))
+    sys.stdout.flush()
+    for warning in report.warnings:
+        _warn(warning)
+    if report.warnings_total > len(report.warnings):
+        _warn(f"… and {report.warnings_total - len(report.warnings)} more members left out")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
