@@ -56,7 +56,8 @@ def test_host_for_platform() -> None:
     assert amd64.native == ("x86_64", "i386", "i486")
     assert Host.for_platform("linux/amd64", ia32=False).native == ("x86_64",)
     assert Host.for_platform("linux/arm/v7").native == ("arm",)
-    assert ARM64.kernel.version[:2] == (6, 1)
+    version = ARM64.kernel.version
+    assert version is not None and version[:2] == (6, 1)
     doc = status_document(State("/p", True, True, ()), ARM64)["host"]
     assert Host.from_document(doc) == attrs_without_evidence(ARM64)
 
