@@ -57,6 +57,8 @@ from .prediction import ExecModel, OpenedFile, Verdict
 from .procfs import State
 from .rootfs import ExecFile
 
+# Files per work item when the first levels' files are shared out.
+_BATCH = 64
 # open_exec_file()'s flags, and O_NOFOLLOW: a symlink swapped in is not followed.
 _OPEN_NOFOLLOW = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -348,7 +350,12 @@ class _Scanner:
         while stack:
             self._scan_directory(stack.pop(), stack.append)
 
-    def _scan_directory(self, directory: str, push: Callable[[str], None]) -> None:
+    def _scan_directory(
+        self,
+        directory: str,
+        push: Callable[[str], None],
+        examine: Optional[Callable[[str], None]] = None,
+    ) -> None:
         # The per-file path is written out flat: at ~120,000 files for /usr, every
         # call and context manager shows in the ratio to the bare loop.
         try:
@@ -360,6 +367,7 @@ class _Scanner:
             self._unreadable(directory)
             return
         all_files = self.all_files
+        examine = examine or self._examine
         with it:
             try:
                 for entry in it:
@@ -381,7 +389,7 @@ class _Scanner:
                     except OSError:
                         self._unreadable(entry.path)
                         continue
-                    self._examine(entry.path)
+                    examine(entry.path)
             except OSError:
                 pass  # the directory went away mid-read
 
@@ -449,7 +457,8 @@ class _Scanner:
         """The walk, by ``jobs`` forked processes taking directory shards one at a time."""
         shards = self._shards(jobs * 16)
         if len(shards) < 2:
-            self.walk(shards)  # nothing worth sharing out
+            for shard in shards:
+                self._take(shard)  # nothing worth sharing out
             return
         # Shard numbers wait in a pipe (4-byte reads are atomic), so a process
         # that finishes early takes the next; each writes its tally to a file.
@@ -490,20 +499,29 @@ class _Scanner:
                     raise value
                 self._merge(value)
 
-    def _shards(self, wanted: int) -> list[str]:
-        """Directories for the processes, breadth first from the root until there are
-        ``wanted``; the files met on the way are judged here."""
-        shards = [self.root]
-        while 0 < len(shards) < wanted:
-            level: list[str] = []
-            for directory in shards:
-                self._scan_directory(directory, level.append)
-            if not level:
-                return []
-            shards = level
-        return shards
+    def _shards(self, wanted: int) -> list[Union[str, list[str]]]:
+        """Work for the processes: directories, breadth first from the root until there
+        are ``wanted``, and the files met on the way in batches."""
+        level = [self.root]
+        files: list[str] = []
+        while 0 < len(level) < wanted:
+            below: list[str] = []
+            for directory in level:
+                self._scan_directory(directory, below.append, files.append)
+            level = below
+        batches = [files[i : i + _BATCH] for i in range(0, len(files), _BATCH)]
+        return [*level, *batches]
 
-    def _work(self, shards: list[str], tasks: int, done: int, output: IO[bytes]) -> None:
+    def _take(self, shard: Union[str, list[str]]) -> None:
+        if isinstance(shard, str):
+            self.walk([shard])
+        else:
+            for path in shard:
+                self._examine(path)
+
+    def _work(
+        self, shards: list[Union[str, list[str]]], tasks: int, done: int, output: IO[bytes]
+    ) -> None:
         """A worker process: take shards until none is left, write the tally, exit."""
         status = 0
         try:
@@ -515,7 +533,7 @@ class _Scanner:
                 if len(data) < 4:
                     break
                 before = self.tally.examined
-                self.walk([shards[int.from_bytes(data, "little")]])
+                self._take(shards[int.from_bytes(data, "little")])
                 os.write(done, (self.tally.examined - before).to_bytes(4, "little"))
             result: tuple[str, Any] = ("ok", self.tally)
             try:
