@@ -404,7 +404,7 @@ def _node_profile(args: argparse.Namespace, *, read_state: bool = True) -> Any:
             return fail(exc, EXIT_USAGE)
         source = args.node_state
     else:
-        state = State("(none: no --state)", True, True, ())
+        state = State("(another node)", True, True, ())
         source = "none"
     host = None
     release = version = ""
