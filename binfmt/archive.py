@@ -20,7 +20,7 @@ file, by reading in 1 MiB chunks from a pipe or a decompressor.
 The tar dialects read: POSIX ustar and pax (``path``, ``linkpath``,
 ``size`` records), GNU (long names and link names, base-256 sizes) and v7.
 Compression: gzip, xz and bzip2 (the standard library), zstd where the
-standard library has it (Python 3.14's :mod:`compression.zstd`); otherwise
+standard library has it (Python 3.14's ``compression.zstd``); otherwise
 decompress on the way in: ``zstd -dc image.tar.zst | binfmt scan --tar -``.
 
 Layers apply as OCI image layers do: an entry replaces what lower layers had

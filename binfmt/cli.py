@@ -913,7 +913,7 @@ def _add_scan(commands: _NewParser) -> None:
 def _run_scan(args: argparse.Namespace) -> int:
     from .host import Host
     from .report import scan_text
-    from .scan import scan, scan_archive
+    from .scan import default_jobs, scan, scan_archive
 
     if (args.rootfs is None) == (args.tar is None):
         return fail(ValueError("give ROOTFS or --tar FILE (one of them)"), EXIT_USAGE)
@@ -938,7 +938,7 @@ def _run_scan(args: argparse.Namespace) -> int:
     if args.tar:
         report = scan_archive(args.tar, **common)
     else:
-        report = scan(args.rootfs, jobs=args.jobs, **common)
+        report = scan(args.rootfs, jobs=args.jobs or default_jobs(), **common)
     _emit(args, report.to_dict(), scan_text(report))
     sys.stdout.flush()
     for warning in report.warnings:

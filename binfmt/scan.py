@@ -204,7 +204,7 @@ def scan(
     host: Host,
     all_files: bool = False,
     max_listed: int = 1000,
-    jobs: Optional[int] = None,
+    jobs: int = 1,
     progress: Optional[IO[str]] = None,
     on_result: Optional[Callable[[FileResult], None]] = None,
     kernel: Optional[KernelRules] = None,
@@ -212,9 +212,10 @@ def scan(
 ) -> ScanReport:
     """Classify the programs under ``rootfs`` (see the module docstring).
 
-    ``jobs`` processes share the work (default :func:`default_jobs`; 1 walks
-    in this process). ``progress``, when given (the CLI passes stderr if it
-    is a terminal), gets a self-overwriting progress line. ``on_result`` is
+    ``jobs`` processes share the work (1, the default, walks in this process;
+    the command line's default is :func:`default_jobs`, one per CPU).
+    ``progress``, when given (the CLI passes stderr if it is a terminal),
+    gets a self-overwriting progress line. ``on_result`` is
     called in this process with every file's :class:`FileResult` (with more
     than one job, after each shard, the results then carrying their verdicts
     across). ``kernel`` and ``this_machine`` are :class:`~binfmt.prediction.ExecModel`'s:
@@ -225,8 +226,6 @@ def scan(
     root = os.path.abspath(rootfs)
     if not os.path.isdir(root):
         raise InvalidValue("rootfs", rootfs, "not a directory")
-    if jobs is None:
-        jobs = default_jobs()
     if jobs < 1:
         raise InvalidValue("jobs", jobs, "must be at least 1")
     model = ExecModel(
