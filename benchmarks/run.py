@@ -17,13 +17,15 @@ contenders read from the page cache. Baselines:
 - ``ps -e -o pid,args`` over the same ``/proc`` for ``binfmt ps``, with 2,000 real
   (native) processes started for the purpose, plus emulated ones in a private
   binfmt_misc instance where one can be made (``--ps-processes``);
+- ``subprocess.run(["/bin/true"])`` for measuring a compat target (a
+  spawn of the held probe);
 - ``scan --jobs 1`` for ``scan --jobs 2`` (wall time, the two taking turns, with
   the load average of the machine around them);
 - ``tar -xf`` of the same archive into a tmpfs for ``scan --tar`` (an archive of
   ``--tar-size`` bytes of the tree's files, made for the purpose), with the peak
   RSS of ``scan --tar``.
 
-``--only scan,entries,elf,startup,ps,jobs,tar`` runs some sections.
+``--only scan,entries,elf,startup,ps,jobs,tar,undo,hostdetect`` runs some sections.
 """
 
 from __future__ import annotations
@@ -155,6 +157,58 @@ def many_entries(n: int) -> State:
     return State("/bench", True, True, tuple(entries))
 
 
+def undo_proof(repeat: int) -> list[str]:
+    """``install --persistent --refresh --force all`` planned over F entries, fine or stale.
+
+    After a QEMU upgrade every F entry's file was replaced, and the plan must
+    fail each write in turn on paper to say what a rollback could not put
+    back; with the files unchanged it has nothing to prove. The baseline is
+    the same plan over unchanged files, in the same run.
+    """
+    from binfmt.install import InstallOptions, plan
+    from binfmt.kernel import KernelRules
+    from binfmt.testing import make_fake_procfs
+
+    host = Host.from_facts("x86_64", "6.18.0", config={"CONFIG_IA32_EMULATION": "y"})
+    rules = KernelRules.for_release("6.18")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        q = Path(tmp, "q")
+        q.mkdir()
+        sigs = [s for s in qemu.resolve(["all"]) if not host.runs_natively(s.name)]
+        for sig in sigs:
+            path = q / f"{sig.interpreter_name}-static"
+            path.write_bytes(b"\x7fELF")
+            path.chmod(0o755)
+        time.sleep(0.02)
+        entries = [sig.to_entry(str(q / f"{sig.interpreter_name}-static"), "F") for sig in sigs]
+        misc = make_fake_procfs(Path(tmp, "p"), entries, kernel=rules)
+        options = InstallOptions(qemu_path=str(q), persistent=True, refresh=True, force=True)
+        fine = misc.state()
+        t_fine = best(lambda: plan(["all"], options, state=fine, host=host), repeat)
+        time.sleep(0.02)
+        for sig in sigs:  # the upgrade: a new file at every path
+            path = q / f"{sig.interpreter_name}-static"
+            new = path.with_name("new")
+            new.write_bytes(b"\x7fELF new")
+            new.chmod(0o755)
+            os.replace(new, path)
+        stale = misc.state()
+        t_stale = best(lambda: plan(["all"], options, state=stale, host=host), repeat)
+        lost = len(plan(["all"], options, state=stale, host=host).cannot_restore)
+    rows += [
+        "",
+        f"## install planning: the undo proof ({len(sigs)} F entries)",
+        "",
+        "| F files | cannot be put back | plan | vs unchanged files |",
+        "|---|---|---|---|",
+        f"| unchanged | 0 | {t_fine * 1000:.0f} ms | 1.00x |",
+        f"| all replaced (after an upgrade) | {lost} | {t_stale * 1000:.0f} ms | "
+        f"{t_stale / t_fine:.2f}x |",
+    ]
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tree", default="/usr")
@@ -196,8 +250,12 @@ def main() -> int:
         out += elf_section(tree, repeat)
     if want("startup"):
         out += startup_section(repeat)
+    if want("undo"):
+        out += undo_proof(repeat)
     if want("ps"):
         out += ps_section(args.ps_processes, max(20, repeat * 10))
+    if want("hostdetect"):
+        out += host_detection(max(20, repeat * 10))
     print("\n".join(out))
     return 0
 
@@ -621,6 +679,39 @@ def ps_section(count: int, runs: int) -> list[str]:
         f"| `python -m binfmt ps --json` | {t_json * 1000:.0f} ms | {t_json / t_ps:.2f}x |",
         f"| `binfmt.processes()` in-process | {lib * 1000:.1f} ms "
         f"({lib / report.examined * 1e6:.1f} µs a process) | {lib / t_ps:.2f}x |",
+    ]
+
+
+def host_detection(runs: int) -> list[str]:
+    """What measuring a compat target costs, against spawning a native program."""
+    from binfmt.host import measure_native
+
+    compat = {"x86_64": "i386", "aarch64": "arm"}.get(os.uname().machine)
+    if compat is None:
+        return ["", f"## host detection: no compat target to measure on {os.uname().machine}"]
+
+    def timed(fn: Callable[[], object]) -> float:
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    spawn = timed(lambda: subprocess.run(["/bin/true"]))
+    measured = timed(lambda: measure_native(compat))
+    plain = timed(lambda: Host.detect(measure=False))
+    detect = timed(Host.detect)
+    return [
+        "",
+        f"## host detection (median of {runs})",
+        "",
+        "| step | time | vs spawning /bin/true |",
+        "|---|---|---|",
+        f"| `subprocess.run(['/bin/true'])` | {spawn * 1000:.1f} ms | 1.00x |",
+        f"| `measure_native({compat!r})` | {measured * 1000:.1f} ms | {measured / spawn:.2f}x |",
+        f"| `Host.detect(measure=False)` | {plain * 1000:.1f} ms | {plain / spawn:.2f}x |",
+        f"| `Host.detect()` | {detect * 1000:.1f} ms | {detect / spawn:.2f}x |",
     ]
 
 

@@ -37,6 +37,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: How the options that findings name (:attr:`binfmt.findings.Finding.options`) are spelled here.
 OPTION_FLAGS = {
     "replace": "--replace",
+    "refresh": "--refresh",
     "force": "--force",
     "persistent": "--persistent",
     "credential": "--credential",
@@ -647,7 +648,9 @@ def _add_install(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="also register targets the host runs natively (and entries that capture them)",
+        help="also register targets the host runs natively (and entries that capture them), "
+        "and replace entries a failure could not put back (F entries whose interpreter "
+        "file was deleted or replaced)",
     )
     _change_options(p)
     _node_options(p)
@@ -738,6 +741,12 @@ def _add_uninstall(commands: _NewParser) -> None:
     )
     p.add_argument("names", nargs="*", metavar="NAME|TARGET")
     p.add_argument("--all-qemu", action="store_true", help="remove every QEMU entry")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even when a failure could not put every entry back "
+        "(F entries whose interpreter file was deleted or replaced)",
+    )
     _change_options(p)
     p.set_defaults(handler=_run_uninstall)
 
@@ -751,7 +760,11 @@ def _run_uninstall(args: argparse.Namespace) -> int:
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
     return _change(
-        args, misc, lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state)
+        args,
+        misc,
+        lambda state: plan_uninstall(
+            args.names, all_qemu=args.all_qemu, state=state, force=args.force
+        ),
     )
 
 
@@ -769,7 +782,8 @@ def _add_load(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="register even entries that capture this host's own binaries",
+        help="register even entries that capture this host's own binaries, and replace "
+        "entries a failure could not put back",
     )
     _change_options(p)
     p.set_defaults(handler=_run_load)
@@ -988,16 +1002,21 @@ def _run_export(args: argparse.Namespace) -> int:
     from .files import write_files
     from .host import Host
     from .install import plan
-    from .persist import current_entries, export_files
+    from .persist import current_entries, export_files, persisted_below
     from .procfs import BinfmtMisc
 
     if not args.targets and not args.current:
         return fail(ValueError("name targets (or 'all'), or pass --current"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     state = misc.state()
+    skipped: dict[str, str] = {}
     if args.current:
         misc.require_mounted()
         entries = current_entries(state, args.targets)
+        if args.dir and not args.targets and args.format == "systemd":
+            # Export what was registered, not what vendors persist already.
+            skipped = persisted_below(entries, args.dir)
+            entries = [e for e in entries if e.name not in skipped]
         disabled = [e.name for e in entries if not e.enabled]
         if disabled:
             _warn(f"exported as enabled (files cannot say disabled): {', '.join(disabled)}")
@@ -1018,6 +1037,7 @@ def _run_export(args: argparse.Namespace) -> int:
             "dry_run": args.dry_run,
             "files": [{"name": n, "content": c} for n, c in files.items()],
             "written": written,
+            "skipped": [{"name": n, "source": src} for n, src in skipped.items()],
         }
         _emit(args, document, "")
     elif not args.dir or args.dry_run:
@@ -1028,6 +1048,11 @@ def _run_export(args: argparse.Namespace) -> int:
             _write_file_content(content)
     else:
         _write(sys.stdout, "".join(f"wrote {printable(path)}\n" for path in written))
+    for name, source in skipped.items():
+        _write(
+            sys.stdout if not args.json else sys.stderr,
+            f"skipped {printable(name)}: {printable(source)} registers it already\n",
+        )
     return EXIT_OK
 
 
@@ -1150,10 +1175,9 @@ def _add_ps(commands: _NewParser) -> None:
 def _run_ps(args: argparse.Namespace) -> int:
     from .report import ps_text
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     _, report = _ps_report(args)
     _emit(args, report.to_dict(), ps_text(report, OPTION_FLAGS))
     return EXIT_OK
@@ -1191,10 +1215,9 @@ def _run_metrics(args: argparse.Namespace) -> int:
     from .host import Host
     from .metrics import collect, document, exposition, write
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     state, report = _ps_report(args)
     host = Host.detect(args.host_root)
     checked = None

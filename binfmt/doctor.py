@@ -52,6 +52,7 @@ DOCTOR_CODES = (
     "writable-interpreter",
     "no-fix-binary",
     "hijacks-native",
+    "native-unknown",
     "shadowed-entry",
     "duplicate-entry",
     "not-persisted",
@@ -65,6 +66,7 @@ DOCTOR_CODES = (
     "unreadable-entry",
     "invalid-config",
     "interpreter-deleted",
+    "kernel-rules-unknown",
 )
 #: Doctor's codes with their severity (from :data:`binfmt.findings.CODES`).
 CODES: dict[str, Severity] = {code: ALL_CODES[code][0] for code in DOCTOR_CODES}
@@ -240,7 +242,8 @@ class _Doctor:
         """Which QEMU each entry runs: /proc does not show it (anchors, pain point 8)."""
         versions: dict[str, list[str]] = {}
         for entry in enabled:
-            if not qemu.is_qemu_entry(entry) or not os.access(entry.interpreter, os.X_OK):
+            # Every QEMU, also Debian's wrappers for targets the table does not know.
+            if not qemu.runs_qemu(entry) or not os.access(entry.interpreter, os.X_OK):
                 continue
             version = _qemu_version(entry.interpreter)
             if version is not None:
@@ -267,29 +270,69 @@ class _Doctor:
                 "exist inside every container",
                 "upgrade the kernel, or install QEMU inside the images",
             )
+        for field in rules.unknown():
+            self.add(
+                "kernel-rules-unknown",
+                f"kernel {self.host.release}: {rules.why_unknown(field)}; what depends on it is "
+                "not predicted",
+                "nothing to fix on the node; binfmt needs the kernel's patch level "
+                "(Debian and Ubuntu give it in uname -v and /proc/version_signature)",
+            )
         if not self.this_machine:
             return
         uid_map = read_proc_file(self.path("/proc/self/uid_map"))
         if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
-            self.add(
-                "user-namespace",
-                "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
-                "binfmt_misc gets its own instance, which hides the host's for good "
-                "(even after unmounting)",
-                "inspect and register from the host (or the namespace whose instance you mean)",
-            )
+            if rules.userns_instances:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
+                    "binfmt_misc gets its own instance, which hides the host's for good "
+                    "(even after unmounting)",
+                    "inspect and register from the host (or the namespace whose instance you mean)",
+                )
+            else:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: on this kernel (before 6.7) every namespace "
+                    "shares the host's one binfmt_misc, and mounting it here is refused (EPERM)",
+                    "register from the host, as real root",
+                )
 
     # -- one entry ----------------------------------------------------------------------
 
     def check_entry(self, entry: Entry) -> None:
         captured = self.host.captured_by(entry)
-        if captured:
+        evidence = dict(self.host.evidence)
+        if self.host.primary in captured:
             # First: it matters most, and whatever its interpreter, native programs break.
             self.add(
                 "hijacks-native",
                 f"{entry.name} matches this host's own {', '.join(captured)} binaries: "
                 f"every such exec goes to {entry.interpreter} (or fails with ELOOP/ENOENT)",
                 f"binfmt uninstall {shlex.quote(entry.name)}",
+                entry.name,
+            )
+        elif captured:
+            # A compat target the CPU runs itself (measured or read): emulated instead.
+            how = "; ".join(evidence.get(t, "native") for t in captured)
+            self.problems.append(
+                Finding(
+                    "hijacks-native",
+                    severity="warning",
+                    message=f"{entry.name} matches {', '.join(captured)} programs, which this "
+                    f"host runs itself ({how}): every such exec goes to {entry.interpreter} "
+                    "instead, emulated",
+                    fix=f"binfmt uninstall {shlex.quote(entry.name)}",
+                    entry=entry.name,
+                )
+            )
+        unsure = [t for t in self.host.unknown if qemu.coverage(entry, qemu.get(t)) != "none"]
+        if unsure:
+            self.add(
+                "native-unknown",
+                f"{entry.name} matches {', '.join(unsure)} programs, and whether this host "
+                f"runs them itself is unknown ({'; '.join(evidence.get(t, '') for t in unsure)})",
+                f"if the CPU runs them, binfmt uninstall {shlex.quote(entry.name)}",
                 entry.name,
             )
         if not self.this_machine:
@@ -299,9 +342,21 @@ class _Doctor:
         if targets and qemu.tests_same_bits(entry, targets[0]):
             hint = f"binfmt install {targets[0].name} --persistent --replace"
         facts = inspect_interpreter(entry.interpreter, self.root, elf=bool(targets))
-        self.problems.extend(
-            interpreter_findings(entry, facts, emulator=bool(targets), fix_binary_hint=hint)
-        )
+        for finding in interpreter_findings(
+            entry, facts, emulator=bool(targets), fix_binary_hint=hint
+        ):
+            if (
+                finding.code == "interpreter-gone"
+                and not self.host.kernel.releases_interpreter_on_remove
+            ):
+                # Writing a new QEMU over the pinned file fails (ETXTBSY) on such kernels.
+                finding = attrs.evolve(
+                    finding,
+                    fix=finding.fix + "; install the new QEMU as a new file (renamed over "
+                    "the old path), never by writing into the old one: this kernel keeps "
+                    "it busy (ETXTBSY) until reboot",
+                )
+            self.problems.append(finding)
 
     # -- between entries ----------------------------------------------------------------
 
@@ -356,7 +411,8 @@ class _Doctor:
             self.add(
                 "not-persisted",
                 f"{name} is not in any binfmt.d file: it is lost at reboot, and at the next "
-                "systemd-binfmt restart",
+                "systemd-binfmt restart (which also follows every package install or update "
+                "that ships a binfmt.d file)",
                 f"binfmt export --current --format systemd --dir /etc/binfmt.d {shlex.quote(name)}",
                 name,
             )
@@ -365,7 +421,8 @@ class _Doctor:
                 "systemd-binfmt-flushes",
                 "systemd-binfmt is installed: every start or restart of it first removes ALL "
                 "entries (also those of containers, WSL or Rosetta), then registers only its "
-                "binfmt.d files",
+                "binfmt.d files; it runs at boot, and again at every package install or update "
+                "that ships a binfmt.d file (Debian's dpkg trigger)",
                 "persist what you need in /etc/binfmt.d (binfmt export)",
             )
 

@@ -36,7 +36,7 @@ import errno as errnos
 import os
 import stat
 from collections.abc import Mapping, Sequence
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Union, get_args
 
 import attrs
 
@@ -67,7 +67,7 @@ __all__ = [
 
 Handler = Literal["binfmt_misc", "script", "native", "none"]
 #: The handlers a verdict can name.
-HANDLERS: tuple[Handler, ...] = ("binfmt_misc", "script", "native", "none")
+HANDLERS: tuple[Handler, ...] = get_args(Handler)
 
 
 @attrs.frozen
@@ -103,6 +103,14 @@ class Verdict:
     def runs(self) -> bool:
         """The exec succeeds and nothing found stops the program from starting."""
         return self.errno is None and not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def program(self) -> str:
+        """What kind of program the file is, for people: its OCI platform (else QEMU target,
+        else ELF machine), ``"script"`` for a ``#!`` script, ``"-"`` for anything else."""
+        if self.elf is not None:
+            return self.platform or self.target or self.elf.machine_name
+        return "script" if self.handler == "script" else "-"
 
     @property
     def problem(self) -> Optional[Finding]:

@@ -383,6 +383,11 @@ class BinfmtMisc:
         fixed = flags is not None and Flags.FIX_BINARY in flags
         if err == errno.EEXIST:
             msg = f"cannot register {who}: an entry with that name already exists"
+            if fixed and self.kernel.releases_interpreter_on_failed_register is False:
+                msg += (
+                    f"; this kernel keeps {interpreter!r} from being written (ETXTBSY) "
+                    "after such a failed registration, until it is evicted (in practice: reboot)"
+                )
         elif err == errno.EINVAL:
             msg = f"cannot register {who}: the kernel refused the line"
             reason = _explain_refusal(line, self.kernel)
@@ -393,6 +398,9 @@ class BinfmtMisc:
                 f"cannot register {who}: the F flag opens the interpreter {interpreter!r} now, "
                 "and it is missing or not executable"
             )
+            if self.kernel.opens_interpreter_first is not False:
+                # The open comes before the name check: the name may be taken too.
+                msg += " (the name may also be taken: this kernel checks the file first)"
         elif fixed and err == errno.ETXTBSY:
             msg = f"cannot register {who}: the interpreter {interpreter!r} is open for writing"
         elif err == errno.ENAMETOOLONG:

@@ -46,7 +46,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from typing import IO, TYPE_CHECKING, Any, Callable, Literal, Optional, Union, get_args
 
 import attrs
 
@@ -78,7 +78,7 @@ __all__ = [
 
 Kind = Literal["native", "emulated", "script", "fails", "other"]
 #: What a file is found to be.
-KINDS: tuple[Kind, ...] = ("native", "emulated", "script", "fails", "other")
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 _RUNS_AS: dict[str, Kind] = {"native": "native", "binfmt_misc": "emulated", "script": "script"}
 # Refusals that say "this is not a program at all", not "this program fails".
@@ -118,12 +118,7 @@ class FileResult:
     @classmethod
     def of(cls, path: str, verdict: Verdict) -> FileResult:
         """The result for the file at ``path`` (inside the root) with this verdict."""
-        if verdict.elf is not None:
-            platform = verdict.platform or verdict.target or verdict.elf.machine_name
-        elif verdict.handler == "script":
-            platform = "script"
-        else:
-            platform = "-"
+        platform = verdict.program
         via = {"binfmt_misc": verdict.entry, "script": verdict.interpreter}.get(verdict.handler)
         kind = classify(verdict)
         problem = verdict.problem if kind == "fails" else None
@@ -418,12 +413,13 @@ class _Scanner:
                 return
             size = self.buffer_size
             head = os.read(fd, size)
-            # Loop only for the rare short read before the end of the file.
-            while len(head) < min(size, st.st_size):
-                more = os.read(fd, size - len(head))
-                if not more:
-                    break
-                head += more
+            if len(head) < size and len(head) < st.st_size:
+                # The rare short read before the end of the file: read on.
+                while len(head) < size:
+                    more = os.read(fd, size - len(head))
+                    if not more:
+                        break
+                    head += more
             if not mode & 0o111 and not head.startswith(b"\x7fELF"):
                 return  # --all: only ELF files without exec bits are judged
             inside = path[self._cut :] or "/"

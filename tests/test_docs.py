@@ -423,6 +423,16 @@ def test_every_doctor_code_is_documented() -> None:
     assert documented == CODES
 
 
+def test_every_finding_code_is_listed() -> None:
+    """docs/findings.rst lists each code of the registry with its severity, and no other."""
+    from binfmt.findings import CODES as ALL
+
+    text = (DOCS / "findings.rst").read_text(encoding="utf-8")
+    rows = re.findall(r"^   \* - ``([a-z0-9-]+)``\n     - (\w+)$", text, re.MULTILINE)
+    assert dict(rows) == {code: severity for code, (severity, _) in ALL.items()}
+    assert len(rows) == len(ALL)
+
+
 def _subcommands() -> dict[str, argparse.ArgumentParser]:
     for action in build_parser()._actions:
         if isinstance(action, argparse._SubParsersAction):
