@@ -196,11 +196,14 @@ class Host:
         targets, _ = _COMPAT.get(primary, ((), ""))
         choice = {"x86_64": ("ia32", ia32), "aarch64": ("aarch32", aarch32)}.get(primary)
         for target in targets:
-            if choice is None or choice[1] is None:
+            if choice is None:
                 unknown.append(target)
-                evidence.append((target, "not given"))
+                evidence.append((target, "unknown for a platform alone"))
+            elif choice[1] is None:
+                unknown.append(target)
+                evidence.append((target, f"unknown: the {choice[0]} option was not given"))
             else:
-                evidence.append((target, f"given: {choice[0]}={'yes' if choice[1] else 'no'}"))
+                evidence.append((target, f"{choice[0]}={'yes' if choice[1] else 'no'}, as given"))
                 if choice[1]:
                     native.append(target)
         machine = _TARGET_MACHINE.get(primary, primary)
