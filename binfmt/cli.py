@@ -563,6 +563,11 @@ def _run_check(args: argparse.Namespace) -> int:
     if isinstance(node, int):
         return node
     _not_mounted_warning(node.state, "predicting")
+    if not node.this_machine and args.rootfs == "/":
+        _warn(
+            "for another node, interpreters and loaders are looked up in this machine's /: "
+            "give the image's root with --rootfs"
+        )
     host = node.host or Host.detect()
     verdicts = [
         predict(
