@@ -641,10 +641,12 @@ class ArchiveRoot(Root):
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
+        names = ["standard input" if s == "-" else s for s in archive.sources]
+        #: The archive as messages name it ("not found inside image.tar").
         self.label = (
-            ", ".join(archive.sources)
-            if len(archive.sources) <= 3
-            else (f"{archive.sources[0]} … {archive.sources[-1]} ({len(archive.sources)} layers)")
+            ", ".join(names)
+            if len(names) <= 3
+            else f"{names[0]} … {names[-1]} ({len(names)} layers)"
         )
 
     def __repr__(self) -> str:
