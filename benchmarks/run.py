@@ -501,7 +501,40 @@ def jobs_section(tree: str, state: State, host: Host, turns: int) -> list[str]:
             )
         out.append("")
     out.append(f"load average (1, 5, 15 min) before and after each mode: {' / '.join(loads)}")
+    # The control: what two processes gain on this machine now, for pure CPU work.
+    control: dict[int, list[float]] = {1: [], 2: []}
+    for _ in range(turns):
+        for j in (1, 2):
+            control[j].append(_wall(lambda j=j: _spin_in(j)))  # type: ignore[misc]
+    ratio = statistics.median(control[2]) / statistics.median(control[1])
+    best_ratio = min(control[2]) / min(control[1])
+    out += [
+        "",
+        f"control (the same CPU-bound Python work in 1 process, or split over 2): "
+        f"2 / 1 = {ratio:.2f}x median, {best_ratio:.2f}x best (1.00x: no spare core; "
+        f"0.50x: two idle cores); load {_load()}",
+    ]
     return out
+
+
+def _spin(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i & 7
+    return total
+
+
+def _spin_in(processes: int, work: int = 6_000_000) -> None:
+    """``work`` loop iterations, split over ``processes`` forked processes."""
+    pids = []
+    for _ in range(processes):
+        pid = os.fork()
+        if pid == 0:
+            _spin(work // processes)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
 
 
 def make_archive(tree: str, size: int, path: Path) -> tuple[int, int]:
