@@ -110,6 +110,7 @@ def diagnose(
     platforms: Iterable[str] = (),
     probe: bool = True,
     proc: Optional[str] = None,
+    this_machine: bool = True,
 ) -> DoctorReport:
     """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel).
 
@@ -117,9 +118,15 @@ def diagnose(
     checks run only when it is ``/``). ``proc`` is the process file system
     searched for processes that run a deleted interpreter (default: ``/proc``
     under ``host_root``).
+
+    ``this_machine=False`` diagnoses another node from its ``state`` and
+    ``host`` alone (a ``status --json`` document taken there): the checks
+    that read that node's files, processes or mounts (interpreter files,
+    binfmt.d, user namespace, probes) are left out, and nothing of this
+    machine is read.
     """
     root = host_root
-    doctor = _Doctor(state, host, root, binfmt_d_dirs)
+    doctor = _Doctor(state, host, root, binfmt_d_dirs, this_machine)
     doctor.check_mount()
     if state.mounted:
         doctor.check_kernel()
@@ -129,18 +136,28 @@ def diagnose(
         for entry in enabled:
             doctor.check_entry(entry)
         doctor.check_overlaps(enabled)
-        doctor.check_persistence(enabled)
+        if this_machine:
+            doctor.check_persistence(enabled)
         doctor.check_credentials(enabled)
-        if probe and root == "/":
+        if probe and root == "/" and this_machine:
             doctor.check_versions(enabled)
-        doctor.check_processes(proc if proc is not None else doctor.path("/proc"))
+        if this_machine:
+            doctor.check_processes(proc if proc is not None else doctor.path("/proc"))
     for platform in platforms:
-        doctor.check_platform(platform, probe)
+        doctor.check_platform(platform, probe and this_machine)
     return DoctorReport(state.path, tuple(doctor.problems))
 
 
 class _Doctor:
-    def __init__(self, state: State, host: Host, root: str, binfmt_d_dirs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        state: State,
+        host: Host,
+        root: str,
+        binfmt_d_dirs: Sequence[str],
+        this_machine: bool = True,
+    ) -> None:
+        self.this_machine = this_machine
         self.state = state
         self.host = host
         self.root = root
@@ -158,6 +175,13 @@ class _Doctor:
     def check_mount(self) -> None:
         path = self.state.path
         if not self.state.mounted:
+            if not self.this_machine:
+                self.add(
+                    "not-mounted",
+                    f"binfmt_misc is not mounted at {path}: no foreign binary can run",
+                    f"mount -t binfmt_misc binfmt_misc {path} (as root, on that node)",
+                )
+                return
             if _is_autofs(self.path("/proc/self/mountinfo"), path):
                 self.add(
                     "automount-not-triggered",
@@ -254,6 +278,8 @@ class _Doctor:
                 "nothing to fix on the node; binfmt needs the kernel's patch level "
                 "(Debian and Ubuntu give it in uname -v and /proc/version_signature)",
             )
+        if not self.this_machine:
+            return
         uid_map = read_proc_file(self.path("/proc/self/uid_map"))
         if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
             if rules.userns_instances:
@@ -309,6 +335,8 @@ class _Doctor:
                 f"if the CPU runs them, binfmt uninstall {shlex.quote(entry.name)}",
                 entry.name,
             )
+        if not self.this_machine:
+            return  # its interpreter is a file of that node
         targets = qemu.identify(entry)
         hint = ""
         if targets and qemu.tests_same_bits(entry, targets[0]):

@@ -18,6 +18,7 @@ import os
 from typing import Any, Optional
 
 __all__ = [
+    "ArchiveError",
     "BinfmtError",
     "ConfigError",
     "ElfError",
@@ -243,6 +244,22 @@ class KernelError(BinfmtError, _OneLineOSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errno, self.filename, self.message, self.entry))
+
+
+class ArchiveError(BinfmtError, ValueError):
+    """An image archive that cannot be read to the end: not a tar stream, corrupt or truncated.
+
+    ``source`` names the archive (``-`` for standard input), ``problem`` what is wrong
+    and where (``truncated in member 'usr/bin/ls' at byte 10240``).
+    """
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.problem))
 
 
 class ElfError(BinfmtError, ValueError):

@@ -89,6 +89,9 @@ _MACHINE_TARGET = {
     "hexagon": "hexagon",
 }
 
+# A QEMU target → the ``uname -m`` of a machine whose kernel runs it (where it differs).
+_TARGET_MACHINE = {"arm": "armv7l", "armeb": "armv7b", "i386": "i686", "hppa": "parisc"}
+
 # Compat modes: primary target → (targets it may also run, the kernel option).
 _COMPAT = {
     "x86_64": (("i386", "i486"), "CONFIG_IA32_EMULATION"),
@@ -162,6 +165,85 @@ class Host:
         interpreter, which loops (ELOOP) if the interpreter is one of them.
         """
         return [t for t in self.native if qemu.coverage(entry, qemu.get(t)) != "none"]
+
+    @classmethod
+    def for_platform(
+        cls,
+        platform: str,
+        *,
+        release: str = "",
+        version: str = "",
+        aarch32: Optional[bool] = None,
+        ia32: Optional[bool] = True,
+    ) -> Host:
+        """Another machine, described by its OCI platform (``linux/arm64``) or QEMU target.
+
+        The capabilities that differ between machines of one platform are
+        options: ``aarch32`` (an arm64 CPU and kernel that run 32-bit arm
+        programs; default ``None``, unknown, so they count as foreign: recent
+        cores such as Neoverse V2 and Apple silicon cannot) and ``ia32`` (an
+        x86_64 kernel with IA32 emulation; default ``True``, as every
+        distribution kernel has it). Other compat modes are unknown.
+        ``release`` and ``version`` are that machine's ``uname -r`` and
+        ``uname -v``, for its kernel rules (:attr:`kernel`; without them, the
+        newest rules). Raises :class:`~binfmt.errors.UnknownTarget` for an
+        unknown platform.
+        """
+        primary = qemu.lookup(platform).name
+        native = [primary]
+        unknown: list[str] = []
+        evidence: list[tuple[str, str]] = []
+        targets, _ = _COMPAT.get(primary, ((), ""))
+        choice = {"x86_64": ("ia32", ia32), "aarch64": ("aarch32", aarch32)}.get(primary)
+        for target in targets:
+            if choice is None:
+                unknown.append(target)
+                evidence.append((target, "unknown for a platform alone"))
+            elif choice[1] is None:
+                unknown.append(target)
+                evidence.append((target, f"unknown: the {choice[0]} option was not given"))
+            else:
+                evidence.append((target, f"{choice[0]}={'yes' if choice[1] else 'no'}, as given"))
+                if choice[1]:
+                    native.append(target)
+        machine = _TARGET_MACHINE.get(primary, primary)
+        return cls(machine, release, tuple(native), tuple(unknown), tuple(evidence), version)
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, object]) -> Host:
+        """The host of a ``status --json`` document (its ``host`` block), as it was measured.
+
+        Raises :class:`~binfmt.errors.InvalidValue` naming what is missing or wrong.
+        """
+        from .errors import InvalidValue
+
+        def text(key: str, default: Optional[str] = None) -> str:
+            value = doc.get(key, default)
+            if not isinstance(value, str):
+                raise InvalidValue(f"host {key}", value, "must be a string")
+            return value
+
+        def targets(key: str) -> tuple[str, ...]:
+            value = doc.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+                raise InvalidValue(f"host {key}", value, "must be a list of QEMU target names")
+            for target in value:
+                qemu.get(target)  # UnknownTarget for a name this library does not know
+            return tuple(value)
+
+        evidence = doc.get("evidence", {})
+        if not isinstance(evidence, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in evidence.items()
+        ):
+            raise InvalidValue("host evidence", evidence, "must map target names to text")
+        return cls(
+            text("machine"),
+            text("kernel", ""),
+            targets("native"),
+            targets("unknown"),
+            tuple(evidence.items()),
+            text("version", ""),
+        )
 
     @classmethod
     def detect(cls, host_root: str = "/", *, measure: bool = True) -> Host:

@@ -69,6 +69,7 @@ __all__ = [
     "plan",
     "plan_entries",
     "plan_uninstall",
+    "planned_state",
 ]
 
 Action = Literal[
@@ -224,8 +225,16 @@ def plan(
     state: State,
     host: Host,
     kernel: Optional[KernelRules] = None,
+    this_machine: bool = True,
 ) -> Plan:
-    """Decide how to register QEMU for ``targets`` (names, aliases, platforms or ``all``)."""
+    """Decide how to register QEMU for ``targets`` (names, aliases, platforms or ``all``).
+
+    ``this_machine=False`` plans for another node (its ``state`` and ``host``):
+    its QEMU binaries are not looked for here, each is taken to be
+    ``qemu-TARGET`` plus the suffix (default ``-static``) in the QEMU path
+    (default ``/usr/bin``, where Debian's qemu-user-static puts them), and they
+    are not inspected. :func:`planned_state` gives the state such a plan makes.
+    """
     rules = kernel or host.kernel
     sigs = qemu.resolve(targets)
     explicit = "all" not in qemu.split_targets(targets)
@@ -252,7 +261,11 @@ def plan(
             )
         )
     for sig in sigs:
-        steps.append(_plan_target(sig, options, flags, state, host, explicit, findings))
+        steps.append(
+            _plan_target(sig, options, flags, state, host, explicit, findings, this_machine)
+        )
+    if not this_machine:  # never applied here: what undoing would need is that node's business
+        return Plan(state.path, tuple(steps), tuple(findings), rules)
     return _finish(state, steps, findings, rules, options.force)
 
 
@@ -264,8 +277,13 @@ def _plan_target(
     host: Host,
     explicit: bool,
     findings: list[Finding],
+    this_machine: bool = True,
 ) -> Step:
-    interp = find_interpreter(sig, options)
+    if this_machine:
+        interp = find_interpreter(sig, options)
+    else:  # a file of that node: named, not looked for
+        suffix = "-static" if options.qemu_suffix is None else options.qemu_suffix
+        interp = os.path.join(options.qemu_path or SEARCH_DIRS[0], sig.interpreter_name + suffix)
     # Without a binary, name the path it was expected at (for the report).
     expected = os.path.join(
         options.qemu_path or SEARCH_DIRS[0], sig.interpreter_name + (options.qemu_suffix or "")
@@ -294,7 +312,8 @@ def _plan_target(
             )
         )
         return Step("register", entry, sig.name, "interpreter not found")
-    findings.extend(_check_interpreter(entry))
+    if this_machine:
+        findings.extend(_check_interpreter(entry))
     findings.extend(_capture_findings(entry, host, options.force))
     unsure = sig.name in host.unknown
     if unsure:
@@ -381,6 +400,29 @@ def _check_interpreter(entry: Entry) -> list[Finding]:
         inspect_interpreter(entry.interpreter),
         emulator=True,
         fix_binary_hint="",
+    )
+
+
+def planned_state(plan: Plan, state: State) -> State:
+    """The state ``plan`` leaves when applied to ``state`` (itself, if the plan has errors).
+
+    Each registration becomes the newest entry, as the kernel lists it.
+    """
+    if not plan.ok:
+        return state
+    entries = list(state.entries)
+    for step in plan.changes:
+        if step.action == "enable":
+            entries = [
+                attrs.evolve(e, enabled=True) if e.name == step.entry.name else e for e in entries
+            ]
+            continue
+        if step.old is not None:
+            entries = [e for e in entries if e.name != step.old.name]
+        if step.action != "remove":
+            entries.insert(0, step.entry)
+    return attrs.evolve(
+        state, mounted=True, enabled=state.enabled is not False, entries=tuple(entries)
     )
 
 

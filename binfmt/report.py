@@ -8,8 +8,8 @@ stable, documented schema (``docs/cli.rst``):
 .. code-block:: text
 
     {"procfs": str, "mounted": bool, "enabled": bool|null,
-     "host": {"machine": str, "kernel": str, "native": [target], "platforms": [platform],
-              "unknown": [target]},
+     "host": {"machine": str, "kernel": str, "version": str, "native": [target],
+              "platforms": [platform], "unknown": [target]},
      "entries": [{"name": str, "enabled": bool, "type": "magic"|"extension",
                   "offset": int|null, "magic": hex|null, "mask": hex|null,
                   "extension": str|null, "interpreter": str, "flags": str,
@@ -19,7 +19,10 @@ stable, documented schema (``docs/cli.rst``):
 Entries are in lookup order. ``qemu`` is the QEMU target whose binaries the
 entry matches (also for non-QEMU emulators such as FEX or Rosetta, which
 match the same binaries), ``platforms`` the OCI platforms of all targets it
-matches.
+matches. ``host.version`` is ``uname -v`` (where distributions keep the
+kernel's real patch level), so that a document taken on a node describes its
+kernel rules too: :meth:`State.from_document <binfmt.procfs.State.from_document>`
+and :meth:`Host.from_document <binfmt.host.Host.from_document>` read it back.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ def host_document(host: Host) -> dict[str, Any]:
     return {
         "machine": host.machine,
         "kernel": host.release,
+        "version": host.version,
         "native": list(host.native),
         "platforms": platforms,
         "unknown": list(host.unknown),

@@ -50,7 +50,7 @@ nitpick_ignore = [
 ]
 # The standard library, which only intersphinx could link to.
 nitpick_ignore_regex = [
-    ("py:class", r"(collections\.abc|os|pathlib|struct)\.\w+"),
+    ("py:class", r"(collections\.abc|contextlib|os|pathlib|struct)\.\w+"),
     ("py:mod", r"subprocess"),  # binfmt.verify's docstring
 ]
 

@@ -14,6 +14,9 @@ from binfmt import errors
 # One instance of each error class, built as the library builds them.
 SAMPLES: list[errors.BinfmtError] = [
     errors.InvalidValue("jobs", 0, "must be at least 1"),
+    errors.ArchiveError(
+        "image.tar", "truncated in member 'usr/bin/ls': the stream ends at byte 10240"
+    ),
     errors.InvalidEntry("name", "a/b", "must not contain '/'", errno.EINVAL),
     errors.MalformedStatus("/x/e", "line 2 is missing"),
     errors.UnknownTarget("unknown target 'x'"),
