@@ -22,6 +22,7 @@ import attrs
 
 from .entry import Entry
 from .errors import BinfmtError, ConfigError, InvalidEntry
+from .files import one_file_each
 from .kernel import KernelRules
 from .text import decode, encodable
 
@@ -250,21 +251,10 @@ def render_binfmt_d(
     return "\n".join(out) + "\n"
 
 
-def _unique(entries: Iterable[Entry]) -> list[Entry]:
-    result: list[Entry] = []
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.name in seen:
-            raise InvalidEntry("name", entry.name, "occurs twice; one file holds one entry")
-        seen.add(entry.name)
-        result.append(entry)
-    return result
-
-
 def binfmt_d_files(
     entries: Iterable[Entry], kernel: Optional[KernelRules] = None
 ) -> dict[str, str]:
-    """One binfmt.d file per entry, ``NAME.conf``, for :func:`write_files`.
+    """One binfmt.d file per entry, ``NAME.conf``, for :func:`binfmt.files.write_files`.
 
     Named after the entry, as QEMU's script and Debian's packages name theirs,
     so a file in /etc/binfmt.d overrides the vendor file of the same name in
@@ -272,7 +262,7 @@ def binfmt_d_files(
     ignore (a leading ``.`` makes the file hidden) or a repeated name.
     """
     files = {}
-    for entry in _unique(entries):
+    for entry in one_file_each(entries):
         if entry.name.startswith("."):
             raise InvalidEntry(
                 "name", entry.name, "systemd-binfmt ignores hidden files (a leading '.')"

@@ -37,6 +37,7 @@ Handler = Callable[[argparse.Namespace], int]
 #: How the options that findings name (:attr:`binfmt.findings.Finding.options`) are spelled here.
 OPTION_FLAGS = {
     "replace": "--replace",
+    "refresh": "--refresh",
     "force": "--force",
     "persistent": "--persistent",
     "credential": "--credential",
@@ -304,6 +305,163 @@ def _not_mounted_warning(state: Any, what: str) -> None:
         _warn(f"binfmt_misc is not mounted at {state.path}: {what} as if no entry were registered")
 
 
+# -- the node a prediction is for (check, scan, doctor, install) ----------------------
+
+
+def _node_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "another node",
+        "predict for a node this command does not run on; nothing of this machine is used "
+        "(its binfmt_misc, kernel, CPU). A status --json document taken on the node "
+        "(--state) is enough: it carries the node's host and kernel; --host and --kernel "
+        "override them.",
+    )
+    g.add_argument(
+        "--host",
+        dest="node_host",
+        metavar="PLATFORM",
+        help="the node's platform: linux/arm64, linux/amd64, linux/arm/v7 … (or a QEMU target)",
+    )
+    g.add_argument(
+        "--kernel",
+        dest="node_kernel",
+        metavar="RELEASE",
+        help="the node's kernel: 'uname -r', optionally followed by 'uname -v' (where Debian "
+        'and Ubuntu keep the patch level): --kernel "$(uname -rv)" (default: the state '
+        "document's, else the newest rules)",
+    )
+    g.add_argument(
+        "--state",
+        dest="node_state",
+        metavar="FILE",
+        help="the node's binfmt_misc state: 'binfmt status --json' taken there, or the "
+        "document of 'binfmt install --dry-run --json --host …' (- reads standard input; "
+        "with --host and no --state: a node with no entries)",
+    )
+    g.add_argument(
+        "--aarch32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --host linux/arm64: the node runs 32-bit arm programs natively "
+        "(default: unknown, so they count as foreign; Graviton 2/3 and Ampere Altra can, "
+        "Graviton 4, AmpereOne and Apple silicon cannot)",
+    )
+    g.add_argument(
+        "--ia32",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --host linux/amd64: the node's kernel runs i386 programs (default: yes)",
+    )
+
+
+class _Node:
+    """The node a command predicts for: its state, host, and whether it is this machine."""
+
+    def __init__(self, state: Any, host: Any, this_machine: bool, source: str) -> None:
+        self.state = state
+        self.host = host
+        self.this_machine = this_machine
+        #: Where the state came from, for a warning.
+        self.source = source
+
+
+def _node_profile(args: argparse.Namespace, *, read_state: bool = True) -> Any:
+    """The :class:`_Node` of the command line, or an ``int`` exit status for a usage error."""
+    import attrs
+
+    from .host import Host
+    from .procfs import DEFAULT_PATH, BinfmtMisc, State
+
+    given = args.node_host or args.node_kernel or args.node_state
+    if not given:
+        if args.aarch32 is not None or args.ia32 is not None:
+            return fail(ValueError("--aarch32 and --ia32 describe the --host platform"), EXIT_USAGE)
+        state = BinfmtMisc(args.procfs).state() if read_state else None
+        return _Node(state, None, True, args.procfs)
+    if args.procfs != DEFAULT_PATH:
+        return fail(
+            ValueError(
+                "--procfs is this machine's: with --state, --host or --kernel "
+                "the state comes from --state"
+            ),
+            EXIT_USAGE,
+        )
+    document: Any = None
+    if args.node_state:
+        import json
+
+        try:
+            if args.node_state == "-":
+                document = json.load(sys.stdin)
+            else:
+                with open(args.node_state, encoding="utf-8") as f:
+                    document = json.load(f)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else f"not JSON ({exc})"
+            return fail(ValueError(f"invalid --state {args.node_state!r}: {reason}"), EXIT_USAGE)
+        try:
+            state = State.from_document(document, source=f"--state {args.node_state}")
+        except ValueError as exc:
+            return fail(exc, EXIT_USAGE)
+        source = args.node_state
+    else:
+        state = State("(another node)", True, True, ())
+        source = "none"
+    host = None
+    release = version = ""
+    if args.node_kernel:
+        from .kernel import parse_release
+
+        release, _, version = args.node_kernel.strip().partition(" ")
+        try:
+            parse_release(release)
+        except ValueError:
+            return fail(
+                ValueError(
+                    f"invalid --kernel {args.node_kernel!r}: expected "
+                    "'uname -r' (MAJOR.MINOR…), optionally then 'uname -v'"
+                ),
+                EXIT_USAGE,
+            )
+    try:
+        if args.node_host:
+            if (
+                isinstance(document, dict)
+                and isinstance(document.get("host"), dict)
+                and not args.node_kernel
+            ):
+                release = str(document["host"].get("kernel", ""))
+                version = str(document["host"].get("version", ""))
+            host = Host.for_platform(
+                args.node_host,
+                release=release,
+                version=version,
+                aarch32=args.aarch32,
+                ia32=True if args.ia32 is None else args.ia32,
+            )
+        elif isinstance(document, dict) and isinstance(document.get("host"), dict):
+            if args.aarch32 is not None or args.ia32 is not None:
+                return fail(
+                    ValueError(
+                        "--aarch32 and --ia32 describe the --host platform: give --host too"
+                    ),
+                    EXIT_USAGE,
+                )
+            host = Host.from_document(document["host"])
+            if args.node_kernel:
+                host = attrs.evolve(host, release=release, version=version)
+        else:
+            return fail(
+                ValueError(
+                    "name the node's platform with --host (the --state document has no host)"
+                ),
+                EXIT_USAGE,
+            )
+    except BinfmtError as exc:
+        return fail(exc, EXIT_USAGE)
+    return _Node(state, host, False, source)
+
+
 # -- status -----------------------------------------------------------------
 
 
@@ -389,22 +547,34 @@ def _add_check(commands: _NewParser) -> None:
     )
     _procfs_option(p)
     _json_option(p)
+    _node_options(p)
     p.set_defaults(handler=_run_check)
 
 
 def _run_check(args: argparse.Namespace) -> int:
     from .host import Host
     from .prediction import predict
-    from .procfs import BinfmtMisc
     from .report import verdict_text
 
     error = not_a_directory(args.rootfs, "--rootfs")
     if error is not None:
         return error
-    state = BinfmtMisc(args.procfs).state()
-    _not_mounted_warning(state, "predicting")
-    host = Host.detect()
-    verdicts = [predict(path, state=state, host=host, rootfs=args.rootfs) for path in args.paths]
+    node = _node_profile(args)
+    if isinstance(node, int):
+        return node
+    _not_mounted_warning(node.state, "predicting")
+    if not node.this_machine and args.rootfs == "/":
+        _warn(
+            "for another node, interpreters and loaders are looked up in this machine's /: "
+            "give the image's root with --rootfs"
+        )
+    host = node.host or Host.detect()
+    verdicts = [
+        predict(
+            path, state=node.state, host=host, rootfs=args.rootfs, this_machine=node.this_machine
+        )
+        for path in args.paths
+    ]
     text = "".join(verdict_text(v, OPTION_FLAGS) for v in verdicts)
     _emit(args, [v.to_dict(OPTION_FLAGS) for v in verdicts], text)
     return EXIT_OK if all(v.runs for v in verdicts) else EXIT_FAILURE
@@ -483,9 +653,12 @@ def _add_install(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="also register targets the host runs natively (and entries that capture them)",
+        help="also register targets the host runs natively (and entries that capture them), "
+        "and replace entries a failure could not put back (F entries whose interpreter "
+        "file was deleted or replaced)",
     )
     _change_options(p)
+    _node_options(p)
     p.set_defaults(handler=_run_install)
 
 
@@ -509,11 +682,57 @@ def _run_install(args: argparse.Namespace) -> int:
     from .install import plan
     from .procfs import BinfmtMisc
 
+    if args.node_host or args.node_state or args.node_kernel:
+        return _install_for_node(args)
+    if args.aarch32 is not None or args.ia32 is not None:
+        return fail(ValueError("--aarch32 and --ia32 describe the --host platform"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
     host = Host.detect()
     options = _install_options_from(args)
     return _change(args, misc, lambda state: plan(args.targets, options, state=state, host=host))
+
+
+def _install_for_node(args: argparse.Namespace) -> int:
+    """``install --dry-run --host …``: the plan for another node, and the state it makes."""
+    from .install import Outcome, plan, planned_state
+    from .report import outcome_text, status_document, status_text
+
+    if not args.dry_run:
+        return fail(
+            ValueError(
+                "a plan for another node (--host, --state, --kernel) cannot be "
+                "applied here: add --dry-run"
+            ),
+            EXIT_USAGE,
+        )
+    node = _node_profile(args)
+    if isinstance(node, int):
+        return node
+    the_plan = plan(
+        args.targets,
+        _install_options_from(args),
+        state=node.state,
+        host=node.host,
+        this_machine=False,
+    )
+    outcome = Outcome(the_plan, dry_run=True)
+    after = planned_state(the_plan, node.state)
+    if args.json:
+        # The plan's document and, in the same object, the state it makes in the
+        # status document's keys: --state reads it as it is.
+        document = outcome.to_dict(OPTION_FLAGS)
+        document.update(status_document(after, node.host))
+        document["procfs"] = the_plan.procfs
+        _emit(args, document, "")
+    elif not (args.quiet and not the_plan.changes and the_plan.ok):
+        _write(sys.stdout, outcome_text(outcome, OPTION_FLAGS))
+        _write(sys.stdout, "the node's state after the plan:\n" + status_text(after, node.host))
+    error = outcome.error(OPTION_FLAGS)
+    if error is not None:
+        _write(sys.stderr, f"binfmt: error: {printable(error)}\n")
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def _add_uninstall(commands: _NewParser) -> None:
@@ -527,6 +746,12 @@ def _add_uninstall(commands: _NewParser) -> None:
     )
     p.add_argument("names", nargs="*", metavar="NAME|TARGET")
     p.add_argument("--all-qemu", action="store_true", help="remove every QEMU entry")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="remove even when a failure could not put every entry back "
+        "(F entries whose interpreter file was deleted or replaced)",
+    )
     _change_options(p)
     p.set_defaults(handler=_run_uninstall)
 
@@ -540,7 +765,11 @@ def _run_uninstall(args: argparse.Namespace) -> int:
     misc = BinfmtMisc(args.procfs)
     misc.require_mounted()
     return _change(
-        args, misc, lambda state: plan_uninstall(args.names, all_qemu=args.all_qemu, state=state)
+        args,
+        misc,
+        lambda state: plan_uninstall(
+            args.names, all_qemu=args.all_qemu, state=state, force=args.force
+        ),
     )
 
 
@@ -558,7 +787,8 @@ def _add_load(commands: _NewParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="register even entries that capture this host's own binaries",
+        help="register even entries that capture this host's own binaries, and replace "
+        "entries a failure could not put back",
     )
     _change_options(p)
     p.set_defaults(handler=_run_load)
@@ -669,9 +899,23 @@ def _add_scan(commands: _NewParser) -> None:
         "entry), script (and whether its interpreter runs), would fail (and why), other. "
         "Symlinks are never followed. Exit 0 if nothing would fail.",
     )
-    p.add_argument("rootfs", metavar="ROOTFS")
+    p.add_argument("rootfs", metavar="ROOTFS", nargs="?", help="the tree to scan (or --tar)")
+    p.add_argument(
+        "--tar",
+        action="append",
+        metavar="FILE",
+        help="scan the root filesystem in a tar archive instead, without extracting it "
+        "(docker export, crane export, an OCI layer; gzip, xz, bzip2, and zstd where Python "
+        "reads it; - reads standard input). Repeat for an image's layers, lowest first: "
+        "later layers replace, and their whiteouts delete, what earlier ones hold",
+    )
     p.add_argument("--all", dest="all_files", action="store_true", help="also every ELF file")
-    p.add_argument("--jobs", type=_positive_int, default=1, metavar="N", help="threads (default 1)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        metavar="N",
+        help="processes sharing the walk of ROOTFS (default: one per CPU)",
+    )
     p.add_argument(
         "--max-listed",
         type=_positive_int,
@@ -681,31 +925,45 @@ def _add_scan(commands: _NewParser) -> None:
     )
     _procfs_option(p)
     _json_option(p)
+    _node_options(p)
     p.set_defaults(handler=_run_scan)
 
 
 def _run_scan(args: argparse.Namespace) -> int:
     from .host import Host
-    from .procfs import BinfmtMisc
     from .report import scan_text
-    from .scan import scan
+    from .scan import default_jobs, scan, scan_archive
 
+    if (args.rootfs is None) == (args.tar is None):
+        return fail(ValueError("give ROOTFS or --tar FILE (one of them)"), EXIT_USAGE)
+    if args.tar and args.tar.count("-") > 1:
+        return fail(ValueError("--tar -: standard input can be read once"), EXIT_USAGE)
     error = not_a_directory(args.rootfs, "ROOTFS")
     if error is not None:
         return error
-    state = BinfmtMisc(args.procfs).state()
-    _not_mounted_warning(state, "classifying")
+    node = _node_profile(args)
+    if isinstance(node, int):
+        return node
+    _not_mounted_warning(node.state, "classifying")
     progress = sys.stderr if sys.stderr.isatty() and not args.json else None
-    report = scan(
-        args.rootfs,
-        state=state,
-        host=Host.detect(),
-        all_files=args.all_files,
-        max_listed=args.max_listed,
-        jobs=args.jobs,
-        progress=progress,
-    )
+    common: dict[str, Any] = {
+        "state": node.state,
+        "host": node.host or Host.detect(),
+        "all_files": args.all_files,
+        "max_listed": args.max_listed,
+        "progress": progress,
+        "this_machine": node.this_machine,
+    }
+    if args.tar:
+        report = scan_archive(args.tar, **common)
+    else:
+        report = scan(args.rootfs, jobs=args.jobs or default_jobs(), **common)
     _emit(args, report.to_dict(), scan_text(report))
+    sys.stdout.flush()
+    for warning in report.warnings:
+        _warn(warning)
+    if report.warnings_total > len(report.warnings):
+        _warn(f"… and {report.warnings_total - len(report.warnings)} more members left out")
     return EXIT_OK if report.ok else EXIT_FAILURE
 
 
@@ -749,16 +1007,21 @@ def _run_export(args: argparse.Namespace) -> int:
     from .files import write_files
     from .host import Host
     from .install import plan
-    from .persist import current_entries, export_files
+    from .persist import current_entries, export_files, persisted_below
     from .procfs import BinfmtMisc
 
     if not args.targets and not args.current:
         return fail(ValueError("name targets (or 'all'), or pass --current"), EXIT_USAGE)
     misc = BinfmtMisc(args.procfs)
     state = misc.state()
+    skipped: dict[str, str] = {}
     if args.current:
         misc.require_mounted()
         entries = current_entries(state, args.targets)
+        if args.dir and not args.targets and args.format == "systemd":
+            # Export what was registered, not what vendors persist already.
+            skipped = persisted_below(entries, args.dir)
+            entries = [e for e in entries if e.name not in skipped]
         disabled = [e.name for e in entries if not e.enabled]
         if disabled:
             _warn(f"exported as enabled (files cannot say disabled): {', '.join(disabled)}")
@@ -779,6 +1042,7 @@ def _run_export(args: argparse.Namespace) -> int:
             "dry_run": args.dry_run,
             "files": [{"name": n, "content": c} for n, c in files.items()],
             "written": written,
+            "skipped": [{"name": n, "source": src} for n, src in skipped.items()],
         }
         _emit(args, document, "")
     elif not args.dir or args.dry_run:
@@ -789,6 +1053,11 @@ def _run_export(args: argparse.Namespace) -> int:
             _write_file_content(content)
     else:
         _write(sys.stdout, "".join(f"wrote {printable(path)}\n" for path in written))
+    for name, source in skipped.items():
+        _write(
+            sys.stdout if not args.json else sys.stderr,
+            f"skipped {printable(name)}: {printable(source)} registers it already\n",
+        )
     return EXIT_OK
 
 
@@ -826,24 +1095,36 @@ def _add_doctor(commands: _NewParser) -> None:
     )
     _procfs_option(p)
     _json_option(p)
+    _node_options(p)
     p.set_defaults(handler=_run_doctor)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose
     from .host import Host
-    from .procfs import BinfmtMisc
     from .report import doctor_text
 
     error = not_a_directory(args.host_root, "--host-root")
     if error is not None:
         return error
+    node = _node_profile(args)
+    if isinstance(node, int):
+        return node
+    if not node.this_machine and args.host_root != "/":
+        return fail(
+            ValueError(
+                "--host-root is this machine's view of its host: not with "
+                "--state, --host or --kernel"
+            ),
+            EXIT_USAGE,
+        )
     report = diagnose(
-        BinfmtMisc(args.procfs).state(),
-        Host.detect(args.host_root),
+        node.state,
+        node.host or Host.detect(args.host_root),
         host_root=args.host_root,
         platforms=args.platform,
-        probe=not args.no_probe,
+        probe=not args.no_probe and node.this_machine,
+        this_machine=node.this_machine,
     )
     _emit(args, report.to_dict(OPTION_FLAGS), doctor_text(report, OPTION_FLAGS))
     return report.exit_status
@@ -899,10 +1180,9 @@ def _add_ps(commands: _NewParser) -> None:
 def _run_ps(args: argparse.Namespace) -> int:
     from .report import ps_text
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     _, report = _ps_report(args)
     _emit(args, report.to_dict(), ps_text(report, OPTION_FLAGS))
     return EXIT_OK
@@ -940,10 +1220,9 @@ def _run_metrics(args: argparse.Namespace) -> int:
     from .host import Host
     from .metrics import collect, document, exposition, write
 
-    for path, option in ((args.proc, "--proc"), (args.host_root, "--host-root")):
-        error = not_a_directory(path, option)
-        if error is not None:
-            return error
+    error = not_a_directory(args.proc, "--proc") or not_a_directory(args.host_root, "--host-root")
+    if error is not None:
+        return error
     state, report = _ps_report(args)
     host = Host.detect(args.host_root)
     checked = None

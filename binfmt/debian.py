@@ -19,6 +19,7 @@ import attrs
 
 from .entry import INT_MAX, Entry, EntryType, Flags, escape_magic
 from .errors import ConfigError, InvalidEntry
+from .files import one_file_each
 from .kernel import KernelRules
 from .text import decode, encodable
 
@@ -409,19 +410,8 @@ def read_debian_formats(importdir: str = DEBIAN_IMPORTDIR) -> list[DebianFormat]
     return formats
 
 
-def _unique(entries: Iterable[Entry]) -> list[Entry]:
-    result: list[Entry] = []
-    seen: set[str] = set()
-    for entry in entries:
-        if entry.name in seen:
-            raise InvalidEntry("name", entry.name, "occurs twice; one file holds one entry")
-        seen.add(entry.name)
-        result.append(entry)
-    return result
-
-
 def debian_files(entries: Iterable[Entry], package: str = "binfmt") -> dict[str, str]:
-    """One Debian format file per entry, named after the entry, for :func:`write_files`.
+    """One Debian format file per entry, named after the entry (:func:`binfmt.files.write_files`).
 
     ``package`` is the owner update-binfmts records. Raises
     :class:`InvalidEntry` for what :meth:`DebianFormat.from_entry` cannot
@@ -429,5 +419,5 @@ def debian_files(entries: Iterable[Entry], package: str = "binfmt") -> dict[str,
     """
     return {
         entry.name: render_debian_format(DebianFormat.from_entry(entry, package))
-        for entry in _unique(entries)
+        for entry in one_file_each(entries)
     }

@@ -52,6 +52,7 @@ DOCTOR_CODES = (
     "writable-interpreter",
     "no-fix-binary",
     "hijacks-native",
+    "native-unknown",
     "shadowed-entry",
     "duplicate-entry",
     "not-persisted",
@@ -65,6 +66,7 @@ DOCTOR_CODES = (
     "unreadable-entry",
     "invalid-config",
     "interpreter-deleted",
+    "kernel-rules-unknown",
 )
 #: Doctor's codes with their severity (from :data:`binfmt.findings.CODES`).
 CODES: dict[str, Severity] = {code: ALL_CODES[code][0] for code in DOCTOR_CODES}
@@ -108,6 +110,7 @@ def diagnose(
     platforms: Iterable[str] = (),
     probe: bool = True,
     proc: Optional[str] = None,
+    this_machine: bool = True,
 ) -> DoctorReport:
     """Check a node; ``probe`` runs verify's programs for ``platforms`` (needs the real kernel).
 
@@ -115,9 +118,15 @@ def diagnose(
     checks run only when it is ``/``). ``proc`` is the process file system
     searched for processes that run a deleted interpreter (default: ``/proc``
     under ``host_root``).
+
+    ``this_machine=False`` diagnoses another node from its ``state`` and
+    ``host`` alone (a ``status --json`` document taken there): the checks
+    that read that node's files, processes or mounts (interpreter files,
+    binfmt.d, user namespace, probes) are left out, and nothing of this
+    machine is read.
     """
     root = host_root
-    doctor = _Doctor(state, host, root, binfmt_d_dirs)
+    doctor = _Doctor(state, host, root, binfmt_d_dirs, this_machine)
     doctor.check_mount()
     if state.mounted:
         doctor.check_kernel()
@@ -134,18 +143,28 @@ def diagnose(
         for entry in enabled:
             doctor.check_entry(entry)
         doctor.check_overlaps(enabled)
-        doctor.check_persistence(enabled)
+        if this_machine:
+            doctor.check_persistence(enabled)
         doctor.check_credentials(enabled)
-        if probe and root == "/":
+        if probe and root == "/" and this_machine:
             doctor.check_versions(enabled)
-        doctor.check_processes(proc if proc is not None else doctor.path("/proc"))
+        if this_machine:
+            doctor.check_processes(proc if proc is not None else doctor.path("/proc"))
     for platform in platforms:
-        doctor.check_platform(platform, probe)
+        doctor.check_platform(platform, probe and this_machine)
     return DoctorReport(state.path, tuple(doctor.problems))
 
 
 class _Doctor:
-    def __init__(self, state: State, host: Host, root: str, binfmt_d_dirs: Sequence[str]) -> None:
+    def __init__(
+        self,
+        state: State,
+        host: Host,
+        root: str,
+        binfmt_d_dirs: Sequence[str],
+        this_machine: bool = True,
+    ) -> None:
+        self.this_machine = this_machine
         self.state = state
         self.host = host
         self.root = root
@@ -163,6 +182,13 @@ class _Doctor:
     def check_mount(self) -> None:
         path = self.state.path
         if not self.state.mounted:
+            if not self.this_machine:
+                self.add(
+                    "not-mounted",
+                    f"binfmt_misc is not mounted at {path}: no foreign binary can run",
+                    f"mount -t binfmt_misc binfmt_misc {path} (as root, on that node)",
+                )
+                return
             if _is_autofs(self.path("/proc/self/mountinfo"), path):
                 self.add(
                     "automount-not-triggered",
@@ -223,7 +249,8 @@ class _Doctor:
         """Which QEMU each entry runs: /proc does not show it (anchors, pain point 8)."""
         versions: dict[str, list[str]] = {}
         for entry in enabled:
-            if not qemu.is_qemu_entry(entry) or not os.access(entry.interpreter, os.X_OK):
+            # Every QEMU, also Debian's wrappers for targets the table does not know.
+            if not qemu.runs_qemu(entry) or not os.access(entry.interpreter, os.X_OK):
                 continue
             version = _qemu_version(entry.interpreter)
             if version is not None:
@@ -250,21 +277,40 @@ class _Doctor:
                 "exist inside every container",
                 "upgrade the kernel, or install QEMU inside the images",
             )
+        for field in rules.unknown():
+            self.add(
+                "kernel-rules-unknown",
+                f"kernel {self.host.release}: {rules.why_unknown(field)}; what depends on it is "
+                "not predicted",
+                "nothing to fix on the node; binfmt needs the kernel's patch level "
+                "(Debian and Ubuntu give it in uname -v and /proc/version_signature)",
+            )
+        if not self.this_machine:
+            return
         uid_map = read_proc_file(self.path("/proc/self/uid_map"))
         if uid_map is not None and uid_map.split() != ["0", "0", "4294967295"]:
-            self.add(
-                "user-namespace",
-                "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
-                "binfmt_misc gets its own instance, which hides the host's for good "
-                "(even after unmounting)",
-                "inspect and register from the host (or the namespace whose instance you mean)",
-            )
+            if rules.userns_instances:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: since Linux 6.7 a namespace that mounts "
+                    "binfmt_misc gets its own instance, which hides the host's for good "
+                    "(even after unmounting)",
+                    "inspect and register from the host (or the namespace whose instance you mean)",
+                )
+            else:
+                self.add(
+                    "user-namespace",
+                    "this runs in a user namespace: on this kernel (before 6.7) every namespace "
+                    "shares the host's one binfmt_misc, and mounting it here is refused (EPERM)",
+                    "register from the host, as real root",
+                )
 
     # -- one entry ----------------------------------------------------------------------
 
     def check_entry(self, entry: Entry) -> None:
         captured = self.host.captured_by(entry)
-        if captured:
+        evidence = dict(self.host.evidence)
+        if self.host.primary in captured:
             # First: it matters most, and whatever its interpreter, native programs break.
             self.add(
                 "hijacks-native",
@@ -273,14 +319,51 @@ class _Doctor:
                 f"binfmt uninstall {shlex.quote(entry.name)}",
                 entry.name,
             )
+        elif captured:
+            # A compat target the CPU runs itself (measured or read): emulated instead.
+            how = "; ".join(evidence.get(t, "native") for t in captured)
+            self.problems.append(
+                Finding(
+                    "hijacks-native",
+                    severity="warning",
+                    message=f"{entry.name} matches {', '.join(captured)} programs, which this "
+                    f"host runs itself ({how}): every such exec goes to {entry.interpreter} "
+                    "instead, emulated",
+                    fix=f"binfmt uninstall {shlex.quote(entry.name)}",
+                    entry=entry.name,
+                )
+            )
+        unsure = [t for t in self.host.unknown if qemu.coverage(entry, qemu.get(t)) != "none"]
+        if unsure:
+            self.add(
+                "native-unknown",
+                f"{entry.name} matches {', '.join(unsure)} programs, and whether this host "
+                f"runs them itself is unknown ({'; '.join(evidence.get(t, '') for t in unsure)})",
+                f"if the CPU runs them, binfmt uninstall {shlex.quote(entry.name)}",
+                entry.name,
+            )
+        if not self.this_machine:
+            return  # its interpreter is a file of that node
         targets = qemu.identify(entry)
         hint = ""
         if targets and qemu.tests_same_bits(entry, targets[0]):
             hint = f"binfmt install {targets[0].name} --persistent --replace"
         facts = inspect_interpreter(entry.interpreter, self.root, elf=bool(targets))
-        self.problems.extend(
-            interpreter_findings(entry, facts, emulator=bool(targets), fix_binary_hint=hint)
-        )
+        for finding in interpreter_findings(
+            entry, facts, emulator=bool(targets), fix_binary_hint=hint
+        ):
+            if (
+                finding.code == "interpreter-gone"
+                and not self.host.kernel.releases_interpreter_on_remove
+            ):
+                # Writing a new QEMU over the pinned file fails (ETXTBSY) on such kernels.
+                finding = attrs.evolve(
+                    finding,
+                    fix=finding.fix + "; install the new QEMU as a new file (renamed over "
+                    "the old path), never by writing into the old one: this kernel keeps "
+                    "it busy (ETXTBSY) until reboot",
+                )
+            self.problems.append(finding)
 
     # -- between entries ----------------------------------------------------------------
 
@@ -335,7 +418,8 @@ class _Doctor:
             self.add(
                 "not-persisted",
                 f"{name} is not in any binfmt.d file: it is lost at reboot, and at the next "
-                "systemd-binfmt restart",
+                "systemd-binfmt restart (which also follows every package install or update "
+                "that ships a binfmt.d file)",
                 f"binfmt export --current --format systemd --dir /etc/binfmt.d {shlex.quote(name)}",
                 name,
             )
@@ -344,7 +428,8 @@ class _Doctor:
                 "systemd-binfmt-flushes",
                 "systemd-binfmt is installed: every start or restart of it first removes ALL "
                 "entries (also those of containers, WSL or Rosetta), then registers only its "
-                "binfmt.d files",
+                "binfmt.d files; it runs at boot, and again at every package install or update "
+                "that ships a binfmt.d file (Debian's dpkg trigger)",
                 "persist what you need in /etc/binfmt.d (binfmt export)",
             )
 

@@ -437,11 +437,6 @@ class ElfDetails:
     #: The header's ABI facts (:attr:`ElfHeader.abi`).
     abi: tuple[tuple[str, str], ...]
 
-    @property
-    def static(self) -> bool:
-        """No dynamic loader needed: the kernel maps this file alone and jumps to it."""
-        return not self.is_dynamic
-
 
 def details(path: str) -> ElfDetails:
     """Read the program headers of the ELF file at ``path`` with pyelftools.

@@ -564,7 +564,16 @@ class _RegisterParser:
                 f"is {self.count} bytes, over the kernel's limit of {rules.max_register_length}",
             )
         delim_char = chr(self.delim)
-        if rules.rejects_flag_delimiter and delim_char in rules.flag_letters:
+        if delim_char in rules.flag_letters and rules.rejects_flag_delimiter is not False:
+            if rules.rejects_flag_delimiter is None:
+                # Whether this kernel has the fix is not known: do not guess.
+                raise self.fail(
+                    "delimiter",
+                    delim_char,
+                    "a flag letter as the delimiter is refused by kernels with the fix, "
+                    "and whether this one has it is unknown "
+                    f"({rules.why_unknown('rejects_flag_delimiter')}): use another delimiter",
+                )
             raise self.fail(
                 "delimiter", delim_char, f"flag letters ({rules.flag_letters}) cannot be delimiters"
             )

@@ -18,6 +18,7 @@ import os
 from typing import Any, Optional
 
 __all__ = [
+    "ArchiveError",
     "BinfmtError",
     "ConfigError",
     "ElfError",
@@ -26,6 +27,7 @@ __all__ = [
     "InvalidEntry",
     "InvalidValue",
     "KernelError",
+    "LockTimeout",
     "MalformedStatus",
     "NoSuchEntry",
     "NotElf",
@@ -126,7 +128,58 @@ class NoSuchEntry(BinfmtError, LookupError):
 
 
 class InstallError(BinfmtError, RuntimeError):
-    """A plan that cannot be applied, or an apply that failed and was rolled back."""
+    """A plan that cannot be applied, or an apply that failed and was rolled back.
+
+    ``restored`` says, after a failed write, whether the state read again
+    equals the state before (``None``: nothing needed undoing, e.g. the plan
+    had errors); ``differences`` lists what does not, one line each.
+    ``applied`` is true when every write succeeded but the state read
+    afterwards is not what the plan makes (another writer changed it).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        applied: bool = False,
+        restored: Optional[bool] = None,
+        differences: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.applied = applied
+        self.restored = restored
+        self.differences = tuple(differences)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.args[0],), self.__dict__)
+
+
+class LockTimeout(BinfmtError, TimeoutError):
+    """Another process held a binfmt_misc instance's writer lock for too long.
+
+    ``holder`` is its PID when ``/proc/locks`` tells it, ``command`` its name.
+    """
+
+    def __init__(
+        self, path: str, seconds: float, holder: Optional[int], command: Optional[str] = None
+    ) -> None:
+        who = "another process"
+        if holder is not None:
+            who = f"process {holder}" + (f" ({command})" if command else "")
+        super().__init__(
+            f"the writer lock of {path} is held by {who} and was not released within "
+            f"{seconds:g} s: nothing was written"
+        )
+        self.path = path
+        self.seconds = seconds
+        self.holder = holder
+        self.command = command
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.seconds, self.holder, self.command))
 
 
 class SandboxUnavailable(BinfmtError, RuntimeError):
@@ -191,6 +244,22 @@ class KernelError(BinfmtError, _OneLineOSError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.errno, self.filename, self.message, self.entry))
+
+
+class ArchiveError(BinfmtError, ValueError):
+    """An image archive that cannot be read to the end: not a tar stream, corrupt or truncated.
+
+    ``source`` names the archive (``-`` for standard input), ``problem`` what is wrong
+    and where (``truncated in member 'usr/bin/ls' at byte 10240``).
+    """
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.problem))
 
 
 class ElfError(BinfmtError, ValueError):

@@ -7,13 +7,25 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from . import text
-from .entry import NAME_MAX
-from .errors import UnsafeFileName, WriteError
+from .entry import NAME_MAX, Entry
+from .errors import InvalidEntry, UnsafeFileName, WriteError
 
-__all__ = ["check_file_name", "write_files"]
+__all__ = ["check_file_name", "one_file_each", "write_files"]
+
+
+def one_file_each(entries: Iterable[Entry]) -> list[Entry]:
+    """``entries`` as a list, one file each: :class:`InvalidEntry` for a repeated name."""
+    result: list[Entry] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.name in seen:
+            raise InvalidEntry("name", entry.name, "occurs twice; one file holds one entry")
+        seen.add(entry.name)
+        result.append(entry)
+    return result
 
 
 def check_file_name(name: str) -> None:

@@ -14,7 +14,7 @@ the matching flag.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 import attrs
 
@@ -23,7 +23,7 @@ __all__ = ["CODES", "SEVERITIES", "Finding", "Severity", "worst"]
 Severity = Literal["info", "warning", "error"]
 
 #: The severities in increasing order.
-SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error")
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
 
 #: Every code, with its usual severity and what it means. A finding may carry
 #: another severity where the context changes the stakes (a capture allowed
@@ -55,6 +55,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "writable-interpreter": ("warning", "an interpreter that a non-root user can change"),
     "no-fix-binary": ("warning", "no F flag: the interpreter must exist in each container"),
     "hijacks-native": ("error", "the entry matches the host's own programs"),
+    "native-unknown": ("warning", "whether the host runs a compat target itself is unknown"),
     # -- plans (install, uninstall, load) -------------------------------------------
     "kernel-too-old": ("error", "the kernel refuses a flag the plan needs"),
     "credentials-flag": ("warning", "the C flag runs emulators with setuid privileges"),
@@ -63,6 +64,11 @@ CODES: dict[str, tuple[Severity, str]] = {
     "repeated-name": ("error", "the same entry name is given twice"),
     "unknown-name": ("error", "neither an entry nor a QEMU target"),
     "nothing-to-remove": ("info", "no QEMU entry for that target is registered"),
+    "cannot-restore": ("error", "if a later step failed, an entry could not be put back as it was"),
+    "restore-order": (
+        "warning",
+        "a rollback would list entries that match no common file reordered",
+    ),
     # -- verify -----------------------------------------------------------------------
     "unexpected-outcome": ("warning", "the kernel did not do what the prediction said"),
     "native-confirmed": ("info", "a compat target the kernel could not tell about runs"),
@@ -83,6 +89,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "qemu-versions": ("info", "the QEMU versions behind the entries"),
     "unreadable-entry": ("warning", "an entry file that cannot be read"),
     "invalid-config": ("warning", "a binfmt.d line systemd skips"),
+    "kernel-rules-unknown": ("info", "a kernel rule that depends on an unknown patch level"),
     # -- ps, doctor (issue 14) ----------------------------------------------------------
     "interpreter-deleted": ("warning", "processes run an interpreter file deleted or replaced"),
 }

@@ -105,6 +105,8 @@ class Backport:
             return False
         if not patch_known:
             return None
+        if version[2] == 0:
+            return False  # the line's own release: stable backports come after it
         without, with_ = self.measured.get(line, (None, None))
         if with_ is not None and version[2] >= with_:
             return True

@@ -37,7 +37,7 @@ from .debian import (
     render_debian_format,
 )
 from .entry import Entry
-from .errors import ConfigError, InvalidEntry, InvalidValue, NoSuchEntry
+from .errors import BinfmtError, ConfigError, InvalidEntry, InvalidValue, NoSuchEntry
 from .files import write_files
 from .kernel import KernelRules
 from .procfs import State
@@ -60,6 +60,7 @@ __all__ = [
     "load_entries",
     "parse_binfmt_d",
     "parse_debian_format",
+    "persisted_below",
     "read_binfmt_d",
     "read_debian_formats",
     "render_binfmt_d",
@@ -114,6 +115,37 @@ def current_entries(state: State, names: Sequence[str] = ()) -> list[Entry]:
         if state.get(name) is None:
             raise NoSuchEntry(name)
     return [e for e in entries if e.name in names]
+
+
+def persisted_below(
+    entries: Sequence[Entry], directory: str, dirs: Sequence[str] = SYSTEMD_DIRS
+) -> dict[str, str]:
+    """The entries that systemd-binfmt registers anyway, from below ``directory``: name → file.
+
+    When ``directory`` is one of ``dirs`` (:data:`binfmt.binfmt_d.SYSTEMD_DIRS`, highest
+    precedence first: ``/etc/binfmt.d``, say),
+    an entry that a file of a lower-precedence directory (a vendor's
+    ``/usr/lib/binfmt.d/python3.11.conf``) registers identically needs no
+    copy there: the copy would hide the vendor's file and go stale when its
+    package goes. Entries with a file of their own name already in
+    ``directory`` are not listed (that file must be kept up to date).
+    """
+    target = os.path.normpath(os.path.abspath(directory))
+    known = [os.path.normpath(d) for d in dirs]
+    if target not in known:
+        return {}
+    lower = known[known.index(target) + 1 :]
+    problems: list[BinfmtError] = []  # unreadable lines: systemd skips them, so do we
+    below = {
+        line.entry.name: line for line in effective_entries(read_binfmt_d(lower, errors=problems))
+    }
+    found = {}
+    for entry in entries:
+        line = below.get(entry.name)
+        own = os.path.join(directory, f"{entry.name}.conf")
+        if line is not None and line.entry.same_registration(entry) and not os.path.lexists(own):
+            found[entry.name] = line.source
+    return found
 
 
 def load_entries(paths: Sequence[str], kernel: Optional[KernelRules] = None) -> list[Entry]:

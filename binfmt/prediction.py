@@ -32,25 +32,24 @@ binary whose loader is missing from the root starts QEMU, which then exits;
 
 from __future__ import annotations
 
-import contextlib
 import errno as errnos
 import os
 import stat
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Literal, Optional
+from collections.abc import Mapping, Sequence
+from typing import Literal, Optional, Union, get_args
 
 import attrs
 
 from . import qemu
-from .elf import ElfHeader, NotElf, program_interpreter
+from .elf import ElfHeader, NotElf
 from .entry import Entry, Flags
-from .errors import BinfmtError, errno_name
+from .errors import BinfmtError, InvalidValue, errno_name
 from .findings import Finding, Severity
 from .host import Host
 from .kernel import KernelRules
 from .matcher import Matcher
 from .procfs import BinfmtMisc, State
-from .rootfs import resolve
+from .rootfs import DirectoryRoot, ExecFile, OpenedFile, Root, open_exec_file
 from .text import decode
 
 __all__ = [
@@ -58,6 +57,7 @@ __all__ = [
     "ExecFile",
     "ExecModel",
     "Handler",
+    "OpenedFile",
     "Shebang",
     "Verdict",
     "open_exec_file",
@@ -67,7 +67,7 @@ __all__ = [
 
 Handler = Literal["binfmt_misc", "script", "native", "none"]
 #: The handlers a verdict can name.
-HANDLERS: tuple[Handler, ...] = ("binfmt_misc", "script", "native", "none")
+HANDLERS: tuple[Handler, ...] = get_args(Handler)
 
 
 @attrs.frozen
@@ -103,6 +103,14 @@ class Verdict:
     def runs(self) -> bool:
         """The exec succeeds and nothing found stops the program from starting."""
         return self.errno is None and not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def program(self) -> str:
+        """What kind of program the file is, for people: its OCI platform (else QEMU target,
+        else ELF machine), ``"script"`` for a ``#!`` script, ``"-"`` for anything else."""
+        if self.elf is not None:
+            return self.platform or self.target or self.elf.machine_name
+        return "script" if self.handler == "script" else "-"
 
     @property
     def problem(self) -> Optional[Finding]:
@@ -213,66 +221,6 @@ def _next_terminator(buf: bytes, first: int, last: int) -> Optional[int]:
     return None
 
 
-# -- the files the kernel opens ---------------------------------------------------------
-
-# Regular files ignore O_NONBLOCK; it keeps open() of a FIFO or a device from
-# waiting, and O_NOCTTY keeps a terminal from becoming ours.
-_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-
-
-@attrs.frozen
-class ExecFile:
-    """A file as the kernel holds it once opened for exec: its mode and its first bytes."""
-
-    #: The path on this machine.
-    path: str
-    #: The open descriptor (valid inside :func:`open_exec_file`'s ``with``).
-    fd: int
-    mode: int
-    #: The first bytes, up to the kernel's buffer size (empty for non-regular files).
-    head: bytes
-
-    @property
-    def regular(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def noexec(self) -> bool:
-        """On a filesystem mounted ``noexec``."""
-        try:
-            return bool(os.fstatvfs(self.fd).f_flag & os.ST_NOEXEC)
-        except OSError:
-            return False
-
-    def program_interpreter(self, header: ElfHeader) -> Optional[str]:
-        """The ``PT_INTERP`` of this ELF file (:func:`binfmt.elf.program_interpreter`)."""
-        return program_interpreter(self.fd, header)
-
-
-@contextlib.contextmanager
-def open_exec_file(path: str, buffer_size: int, *, follow: bool = True) -> Iterator[ExecFile]:
-    """Open ``path`` without blocking and read its first ``buffer_size`` bytes.
-
-    A FIFO or device is opened (``O_NONBLOCK``) but not read. ``follow=False``
-    refuses a symlink at ``path`` (``ELOOP``). Raises the ``OSError`` of
-    ``open(2)`` or ``read(2)``.
-    """
-    fd = os.open(path, _OPEN_FLAGS | (0 if follow else os.O_NOFOLLOW))
-    try:
-        mode = os.fstat(fd).st_mode
-        head = os.read(fd, buffer_size) if stat.S_ISREG(mode) else b""
-        # One read gives everything for a regular file; loop only for the
-        # rare short read (a signal, some network filesystems).
-        while 0 < len(head) < buffer_size:
-            more = os.read(fd, buffer_size - len(head))
-            if not more:
-                break
-            head += more
-        yield ExecFile(path, fd, mode, head)
-    finally:
-        os.close(fd)
-
-
 # -- the model --------------------------------------------------------------------------
 
 
@@ -296,8 +244,20 @@ class ExecModel:
     """The kernel's exec decision for one binfmt_misc state, host and root.
 
     ``rootfs`` is the root the exec happens in (interpreters and loaders are
-    looked up there), ``cwd`` the working directory inside it (for relative
-    interpreter paths), ``kernel`` the rules (default: the host's).
+    looked up there): a directory of this machine, or any
+    :class:`~binfmt.rootfs.Root` (an image archive's tree,
+    :class:`binfmt.archive.ArchiveRoot`); every file is read through it.
+    ``cwd`` is the working directory inside it (for relative interpreter
+    paths), ``kernel`` the rules (default: the host's).
+
+    ``this_machine`` says whether ``state`` and ``host`` are this machine's.
+    For another node's (a state document, :meth:`State.from_document
+    <binfmt.procfs.State.from_document>`, and a host such as
+    :meth:`Host.for_platform <binfmt.host.Host.for_platform>`), nothing of
+    this machine is consulted: an ``F`` entry's interpreter counts as present
+    (the node's kernel opened it at registration) and is not judged further,
+    and this machine's mounts (``noexec``) and user (exec permission) play no
+    part.
 
     With ``many_files``, the model is set up for judging a whole tree: each
     interpreter's own verdict and each loader lookup is worked out once and
@@ -310,19 +270,24 @@ class ExecModel:
         state: State,
         host: Host,
         *,
-        rootfs: str = "/",
+        rootfs: Union[str, Root] = "/",
         cwd: str = "/",
         kernel: Optional[KernelRules] = None,
         many_files: bool = False,
+        this_machine: bool = True,
     ) -> None:
         self.state = state
         self.host = host
-        self.root = os.path.abspath(rootfs)
+        self.fs: Root = DirectoryRoot(rootfs) if isinstance(rootfs, str) else rootfs
+        #: The root as shown in messages.
+        self.root = self.fs.label
+        self.this_machine = this_machine
+        self._host_fs: Optional[Root] = None
         self.cwd = cwd
         self.rules = kernel or host.kernel
         self.matcher = Matcher(state)
         self.many_files = many_files
-        self._interpreters: dict[tuple[str, str, _Loop, bool], Verdict] = {}
+        self._interpreters: dict[tuple[str, str, _Loop, bool, bool], Verdict] = {}
         self._loaders: dict[str, Optional[OSError]] = {}
         self._targets: dict[bytes, Optional[qemu.Signature]] = {}
 
@@ -331,33 +296,35 @@ class ExecModel:
     def exec(
         self, path: Optional[str], exec_path: str, argv: Optional[Sequence[str]] = None
     ) -> Verdict:
-        """``execve(exec_path, argv)``: of the file at ``path`` (a path on this machine),
-        or with ``path`` ``None`` of ``exec_path`` looked up inside the root, as the kernel
-        of a process in that root would (symlinks resolved inside it).
+        """``execve(exec_path, argv)``: of the file at ``path`` (a name of the root: a
+        path on this machine for a directory), or with ``path`` ``None`` of ``exec_path``
+        looked up inside the root, as the kernel of a process in that root would
+        (symlinks resolved inside it).
 
         ``argv`` defaults to ``(exec_path,)``.
         """
         args = self._argv(exec_path, argv)
         if path is None:
             try:
-                path = resolve(self.root, exec_path, cwd=self.cwd)
+                path = self.fs.resolve(exec_path, cwd=self.cwd)
             except OSError as exc:
                 return _unopened(exec_path, exec_path, args, exc)
         try:
-            with open_exec_file(path, self.rules.buffer_size) as file:
+            with self.fs.open(path, self.rules.buffer_size) as file:
                 return self.judge(file, exec_path, args)
         except OSError as exc:
             return _unopened(path, exec_path, args, exc)
 
     def judge(
         self,
-        file: ExecFile,
+        file: OpenedFile,
         exec_path: str,
         argv: Optional[Sequence[str]] = None,
         *,
         as_executable: bool = False,
     ) -> Verdict:
-        """The verdict for a file already opened with :func:`open_exec_file`.
+        """The verdict for a file already opened (:func:`open_exec_file`, or the root's
+        :meth:`~binfmt.rootfs.Root.open`).
 
         ``as_executable`` judges a file without exec bits as if it had them:
         what its format would need to run.
@@ -377,21 +344,22 @@ class ExecModel:
 
     # -- the exec path --------------------------------------------------------------
 
-    def _refusal(self, file: ExecFile, as_executable: bool = False) -> Optional[Finding]:
+    def _refusal(
+        self, file: OpenedFile, as_executable: bool = False, fs: Optional[Root] = None
+    ) -> Optional[Finding]:
         """The kernel's checks when it opens a file for exec (do_open_execat): EACCES."""
         if not file.regular:
             kind = "directory" if stat.S_ISDIR(file.mode) else "special file"
             return Finding("not-regular", message=f"{file.path} is a {kind}, not a file")
-        if not as_executable and (
-            not file.mode & 0o111 or (os.geteuid() != 0 and not os.access(file.path, os.X_OK))
-        ):
+        fs = fs or self.fs
+        if not as_executable and (not file.mode & 0o111 or (self.this_machine and fs.denied(file))):
             return Finding("not-executable", message=f"{file.path} has no exec permission")
-        if file.noexec:
+        if self.this_machine and fs.noexec(file):
             return Finding("noexec-mount", message=f"{file.path} is on a filesystem mounted noexec")
         return None
 
     def _handle(
-        self, file: ExecFile, exec_path: str, argv: Optional[tuple[str, ...]], loop: _Loop
+        self, file: OpenedFile, exec_path: str, argv: Optional[tuple[str, ...]], loop: _Loop
     ) -> Verdict:
         """search_binary_handler(): the formats in the kernel's order, for an opened file."""
         head = file.head
@@ -439,7 +407,7 @@ class ExecModel:
         return elf, self._targets[key]
 
     def _via_binfmt_misc(
-        self, base: Verdict, file: ExecFile, candidates: list[Entry], loop: _Loop
+        self, base: Verdict, file: OpenedFile, candidates: list[Entry], loop: _Loop
     ) -> Verdict:
         entry = candidates[0]
         findings = [
@@ -480,7 +448,17 @@ class ExecModel:
             if isinstance(step, tuple):
                 return _stopped(verdict, step, (*findings, located))
             return attrs.evolve(verdict, findings=(*findings, located))
-        child = self._interpreter(located, entry.interpreter, argv, loop, _sets_execfd(entry))
+        fixed = Flags.FIX_BINARY in entry.flags
+        if fixed and not self.this_machine:
+            # Another node's kernel holds the file it opened at registration: it
+            # runs, and there is nothing here to judge it by.
+            verdict = attrs.evolve(verdict, findings=tuple(findings))
+            if base.target is not None:
+                verdict = self._check_loader(verdict, file, emulated=True)
+            return verdict
+        child = self._interpreter(
+            located, entry.interpreter, argv, loop, _sets_execfd(entry), host=fixed
+        )
         if child.handler == "native" and child.interpreter is not None:
             findings.append(
                 Finding(
@@ -504,7 +482,7 @@ class ExecModel:
         if Flags.FIX_BINARY in entry.flags:
             # Opened at registration from the registering process's root; the
             # kernel keeps using that file whatever the exec'ing root holds.
-            if os.path.exists(entry.interpreter):
+            if not self.this_machine or os.path.exists(entry.interpreter):
                 return entry.interpreter
             return Finding(
                 "interpreter-gone",
@@ -514,7 +492,7 @@ class ExecModel:
                 entry=entry.name,
             )
         try:
-            return resolve(self.root, entry.interpreter, cwd=self.cwd)
+            return self.fs.resolve(entry.interpreter, cwd=self.cwd)
         except OSError as exc:
             return errno_name(exc.errno), Finding(
                 "interpreter-missing",
@@ -536,14 +514,23 @@ class ExecModel:
         argv: Optional[tuple[str, ...]],
         loop: _Loop,
         sets_execfd: bool,
+        host: bool = False,
     ) -> Verdict:
-        """The kernel opens the interpreter, counts one rewrite, and starts over with it."""
-        key = (host_path, exec_path, loop, sets_execfd)
+        """The kernel opens the interpreter, counts one rewrite, and starts over with it.
+
+        ``host``: the file is this machine's (an ``F`` entry's), not the root's.
+        """
+        key = (host_path, exec_path, loop, sets_execfd, host)
         if self.many_files and key in self._interpreters:
             return self._interpreters[key]
+        fs = self.fs
+        if host:
+            if self._host_fs is None:
+                self._host_fs = DirectoryRoot("/")
+            fs = self._host_fs
         try:
-            with open_exec_file(host_path, self.rules.buffer_size) as file:
-                refusal = self._refusal(file)
+            with fs.open(host_path, self.rules.buffer_size) as file:
+                refusal = self._refusal(file, fs=fs)
                 step = self._rewrite(loop, sets_execfd) if refusal is None else ("EACCES", refusal)
                 if isinstance(step, tuple):
                     verdict = Verdict(
@@ -596,7 +583,7 @@ class ExecModel:
             argv = (interp, *optional, base.exec_path, *base.argv[1:])
         verdict = attrs.evolve(base, handler="script", interpreter=interp, argv=argv)
         try:
-            host_path = resolve(self.root, interp, cwd=self.cwd)
+            host_path = self.fs.resolve(interp, cwd=self.cwd)
         except OSError as exc:
             return _stopped(
                 verdict,
@@ -614,7 +601,7 @@ class ExecModel:
             verdict, errno=child.errno, findings=_nested_problems(child), next=child
         )
 
-    def _via_elf(self, base: Verdict, file: ExecFile, elf: ElfHeader) -> Verdict:
+    def _via_elf(self, base: Verdict, file: OpenedFile, elf: ElfHeader) -> Verdict:
         # load_elf_binary() checks e_type before the architecture.
         if not elf.is_executable_type:
             return _stopped(
@@ -644,7 +631,7 @@ class ExecModel:
             )
         return self._check_loader(attrs.evolve(base, handler="native"), file, emulated=False)
 
-    def _check_loader(self, verdict: Verdict, file: ExecFile, *, emulated: bool) -> Verdict:
+    def _check_loader(self, verdict: Verdict, file: OpenedFile, *, emulated: bool) -> Verdict:
         """A dynamic binary's PT_INTERP must exist inside the root."""
         assert verdict.elf is not None
         try:
@@ -678,7 +665,7 @@ class ExecModel:
             return self._loaders[loader]
         problem: Optional[OSError] = None
         try:
-            resolve(self.root, loader)
+            self.fs.resolve(loader)
         except OSError as exc:
             problem = exc
         if self.many_files:
@@ -733,6 +720,7 @@ def predict(
     argv: Optional[Sequence[str]] = None,
     cwd: Optional[str] = None,
     kernel: Optional[KernelRules] = None,
+    this_machine: bool = True,
 ) -> Verdict:
     """Predict ``execve(exec_path, argv)`` of the file at ``path``.
 
@@ -741,8 +729,17 @@ def predict(
     ``rootfs`` the root the exec happens in. ``exec_path`` is the path string
     the program is started by (default: ``path`` relative to ``rootfs``, with
     a leading ``/``, or ``path`` itself when ``rootfs`` is ``/``); ``cwd`` the
-    working directory inside ``rootfs`` for relative interpreter paths.
+    working directory inside ``rootfs`` for relative interpreter paths;
+    ``kernel`` the rules (default: the host's).
+
+    For another node, pass its ``state`` and ``host`` (a ``status --json``
+    document taken there: :meth:`State.from_document
+    <binfmt.procfs.State.from_document>`, :meth:`Host.from_document
+    <binfmt.host.Host.from_document>`) and ``this_machine=False``: see
+    :class:`ExecModel`.
     """
+    if not this_machine and (state is None or host is None):
+        raise InvalidValue("this_machine", this_machine, "another node needs its state and host")
     if state is None:
         state = BinfmtMisc().state()
     if host is None:
@@ -752,7 +749,7 @@ def predict(
         exec_path = _path_inside(root, path)
     if cwd is None:
         cwd = os.getcwd() if root == "/" else "/"
-    model = ExecModel(state, host, rootfs=root, cwd=cwd, kernel=kernel)
+    model = ExecModel(state, host, rootfs=root, cwd=cwd, kernel=kernel, this_machine=this_machine)
     inside = _path_inside(root, path)
     if root != "/" and inside.startswith("/") and inside == exec_path != path:
         # A file of the root, started by its path there: the kernel of a process

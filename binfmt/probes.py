@@ -32,6 +32,18 @@ toolchains always set. The MicroBlaze probes carry the old ``e_machine``
 ``0xBAAB``, which QEMU and the kernel accept like ``EM_MICROBLAZE`` (189),
 because it is the only one that qemu-binfmt-conf.sh and Debian register: a
 probe must match the entries it is meant to verify.
+
+:func:`held_probe` is the other kind, for :class:`~binfmt.host.Host` to learn
+whether the kernel itself runs a compat target (AArch32 on arm64, i386 on
+x86_64): it writes one byte to its standard output (so the parent knows that
+the program runs: the ``execve`` is over), then blocks in ``read(0, sp, 1)``
+until its standard input is closed, so that the parent can look at
+``/proc/<pid>/exe`` while it runs (the probe file itself if the kernel
+loaded it, the interpreter if a binfmt_misc entry took it), then exits like
+:func:`probe`. Its ``e_ident``
+padding (bytes 9 to 15, which the kernel's ELF loader ignores) carries
+:data:`HELD_MARK`, so that no entry of QEMU's table, which all require zero
+there, matches it.
 """
 
 from __future__ import annotations
@@ -44,7 +56,15 @@ from typing import Callable, NamedTuple, Union
 
 from binfmt.errors import UnknownTarget
 
-__all__ = ["PROBE_STATUS", "PROBE_TARGETS", "probe", "write_probe"]
+__all__ = [
+    "HELD_MARK",
+    "HELD_PROBE_TARGETS",
+    "PROBE_STATUS",
+    "PROBE_TARGETS",
+    "held_probe",
+    "probe",
+    "write_probe",
+]
 
 #: The status a probe exits with by default. Non-zero, so a loader that exits
 #: cleanly without running the program cannot pass; not 1, 2, 126 or 127, which
@@ -126,6 +146,40 @@ def _arm(status: int, at: int) -> bytes:
         0xE3A070F8,  # mov r7, #248         (exit_group)
         0xEF000000,  # svc #0
     )
+
+
+def _arm_held(status: int, at: int) -> bytes:
+    """ARM: ``write(1, sp, 1)``, ``read(0, sp, 1)`` (the byte at sp is argc's), then exit."""
+    return _u32(
+        False,
+        0xE3A00001,  # mov r0, #1           (stdout)
+        0xE1A0100D,  # mov r1, sp           (a buffer: the word holding argc)
+        0xE3A02001,  # mov r2, #1
+        0xE3A07004,  # mov r7, #4           (write)
+        0xEF000000,  # svc #0
+        0xE3A00000,  # mov r0, #0           (stdin)
+        0xE1A0100D,  # mov r1, sp
+        0xE3A02001,  # mov r2, #1
+        0xE3A07003,  # mov r7, #3           (read)
+        0xEF000000,  # svc #0
+    ) + _arm(status, at)
+
+
+def _i386_held(status: int, at: int) -> bytes:
+    """i386: ``write(1, esp, 1)``, ``read(0, esp, 1)``, then exit."""
+    return (
+        b"\xbb\x01\x00\x00\x00"  # mov ebx, 1  (stdout)
+        + b"\x89\xe1"  # mov ecx, esp  (a buffer: the word holding argc)
+        + b"\xba\x01\x00\x00\x00"  # mov edx, 1
+        + b"\xb8\x04\x00\x00\x00"  # mov eax, 4  (write)
+        + b"\xcd\x80"  # int 0x80
+        + b"\xbb\x00\x00\x00\x00"  # mov ebx, 0  (stdin)
+        + b"\x89\xe1"  # mov ecx, esp
+        + b"\xba\x01\x00\x00\x00"  # mov edx, 1
+        + b"\xb8\x03\x00\x00\x00"  # mov eax, 3  (read)
+        + b"\xcd\x80"  # int 0x80
+        + _i386(status, at)
+    )  # fmt: skip
 
 
 def _riscv(status: int, at: int) -> bytes:
@@ -375,6 +429,21 @@ _ARCHES = {
 #: The QEMU targets (``qemu-<target>``) that have a probe, sorted.
 PROBE_TARGETS: tuple[str, ...] = tuple(sorted(_ARCHES))
 
+# The held probes: the compat targets Host measures (same headers, other code).
+_HELD = {
+    "arm": _arm_held,
+    "armeb": _arm_held,
+    "i386": _i386_held,
+    "i486": _i386_held,
+}
+
+#: The targets that have a :func:`held_probe`, sorted.
+HELD_PROBE_TARGETS: tuple[str, ...] = tuple(sorted(_HELD))
+
+#: What a held probe carries in ``e_ident[9:16]`` (``EI_PAD``): not zero, so no
+#: entry of QEMU's table matches it; the kernel's ELF loader never reads it.
+HELD_MARK = b"binfmt\x01"
+
 
 def probe(target: str, status: int = PROBE_STATUS) -> bytes:
     """Return a static ``ET_EXEC`` ELF for QEMU ``target`` that exits with ``status``.
@@ -389,10 +458,38 @@ def probe(target: str, status: int = PROBE_STATUS) -> bytes:
         raise UnknownTarget(
             f"no probe for QEMU target {target!r}: known targets are {', '.join(PROBE_TARGETS)}"
         )
+    return _build(arch, arch.code, _check_status(status), b"")
+
+
+def held_probe(target: str, status: int = PROBE_STATUS) -> bytes:
+    """A probe that says it runs, waits for its standard input to close, exits with ``status``.
+
+    It writes one byte (any) to file descriptor 1, then reads one from file
+    descriptor 0 (EOF or a byte, either will do), so the process stays alive
+    while its parent, which saw the byte, looks at it; the
+    ``e_ident`` padding carries :data:`HELD_MARK`. Only the targets of
+    :data:`HELD_PROBE_TARGETS` have one (:class:`~binfmt.errors.UnknownTarget`
+    otherwise); ``status`` is checked as in :func:`probe`.
+    """
+    code = _HELD.get(target)
+    if code is None:
+        raise UnknownTarget(
+            f"no held probe for QEMU target {target!r}: known targets are "
+            f"{', '.join(HELD_PROBE_TARGETS)}"
+        )
+    return _build(_ARCHES[target], code, _check_status(status), HELD_MARK)
+
+
+def _check_status(status: int) -> int:
     if isinstance(status, bool) or not isinstance(status, int):
         raise TypeError(f"invalid status {status!r}: an exit status is an int in 0..255")
     if not 0 <= status <= 255:
         raise ValueError(f"invalid status {status!r}: an exit status is an int in 0..255")
+    return status
+
+
+def _build(arch: _Arch, emit: Callable[[int, int], bytes], status: int, pad: bytes) -> bytes:
+    """The headers and ``emit``'s code; ``pad`` goes into ``e_ident[9:16]``."""
     order = ">" if arch.big_endian else "<"
     if arch.is64:
         ehdr, phdr = order + "16sHHIQQQIHHHHHH", order + "IIQQQQQQ"
@@ -400,11 +497,11 @@ def probe(target: str, status: int = PROBE_STATUS) -> bytes:
         ehdr, phdr = order + "16sHHIIIIIHHHHHH", order + "IIIIIIII"
     ehsize, phentsize = struct.calcsize(ehdr), struct.calcsize(phdr)
     start = _BASE + ehsize + phentsize
-    code = arch.code(status, start)
+    code = emit(status, start)
     size = ehsize + phentsize + len(code)
     elfclass, data = (2 if arch.is64 else 1), (2 if arch.big_endian else 1)
     # EI_OSABI (0, System V) and EI_ABIVERSION (0) are left in the zero padding.
-    ident = (b"\x7fELF" + bytes([elfclass, data, _EV_CURRENT])).ljust(16, b"\0")
+    ident = (b"\x7fELF" + bytes([elfclass, data, _EV_CURRENT, 0, 0]) + pad).ljust(16, b"\0")
     header = struct.pack(
         ehdr,
         ident,

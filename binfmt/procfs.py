@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Optional, Union
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import attrs
 
 from . import text
-from .entry import Entry, Flags
+from .entry import Entry, EntryType, Flags
 from .errors import (
+    BinfmtError,
     InvalidEntry,
+    InvalidValue,
     KernelError,
     MalformedStatus,
     NotMounted,
@@ -62,6 +64,45 @@ class State:
     #: Why, for each of :attr:`unreadable`: ``(name, reason)`` pairs in the same
     #: order (``"permission denied"``, an ``strerror``, or what is wrong with the text).
     unreadable_reasons: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_document(cls, doc: Mapping[str, Any], source: str = "state document") -> State:
+        """The state a ``status --json`` document describes (taken on another node, say).
+
+        Reads ``procfs``, ``mounted``, ``enabled``, ``entries`` (each entry's
+        ``name``, ``enabled``, ``type``, ``offset``, ``magic``, ``mask``,
+        ``extension``, ``interpreter`` and ``flags``) and ``unreadable``;
+        other keys are ignored, so ``install --dry-run --json`` documents,
+        which carry the state their plan makes, are read too. Raises
+        :class:`~binfmt.errors.InvalidValue` naming ``source`` and what is wrong.
+        """
+        if not isinstance(doc, Mapping):
+            raise InvalidValue(source, doc, "must be a JSON object (binfmt status --json)")
+        for key in ("mounted", "entries"):
+            if key not in doc:
+                raise InvalidValue(
+                    source, sorted(doc)[:8], f"has no {key!r} key: not a status document"
+                )
+        mounted, enabled = doc["mounted"], doc.get("enabled")
+        if not isinstance(mounted, bool) or not isinstance(enabled, (bool, type(None))):
+            raise InvalidValue(
+                f"{source} mounted/enabled", (mounted, enabled), "must be true or false"
+            )
+        items = doc["entries"]
+        if not isinstance(items, list):
+            raise InvalidValue(f"{source} entries", items, "must be a list")
+        entries = tuple(_entry_from_document(item, source) for item in items)
+        unreadable = doc.get("unreadable", [])
+        if not isinstance(unreadable, list) or not all(isinstance(n, str) for n in unreadable):
+            raise InvalidValue(f"{source} unreadable", unreadable, "must be a list of names")
+        path = doc.get("procfs", DEFAULT_PATH)
+        return cls(
+            path=path if isinstance(path, str) else DEFAULT_PATH,
+            mounted=mounted,
+            enabled=enabled if mounted else None,
+            entries=entries,
+            unreadable=tuple(unreadable),
+        )
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries)
@@ -110,6 +151,45 @@ class State:
             if entry.enabled and entry.matches(header, path):
                 return entry
         return None
+
+
+def _entry_from_document(item: object, source: str) -> Entry:
+    """One entry of a status document (:func:`binfmt.report.entry_document`'s form)."""
+    if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+        raise InvalidValue(f"{source} entry", item, "must be an object with a name")
+    name = item["name"]
+    kind = item.get("type", "magic")
+    if kind not in ("magic", "extension"):
+        raise InvalidValue(f"{source} entry {name!r} type", kind, "must be magic or extension")
+    interpreter = item.get("interpreter")
+    if not isinstance(interpreter, str):
+        raise InvalidValue(f"{source} entry {name!r} interpreter", interpreter, "must be a string")
+    try:
+        common: dict[str, Any] = {
+            "flags": item.get("flags") or "",
+            "enabled": bool(item.get("enabled", True)),
+        }
+        if kind == "extension":
+            return Entry(
+                name,
+                interpreter,
+                type=EntryType.EXTENSION,
+                extension=item.get("extension"),
+                **common,
+            )
+        mask = item.get("mask")
+        return Entry(
+            name,
+            interpreter,
+            offset=int(item.get("offset") or 0),
+            magic=bytes.fromhex(item.get("magic") or ""),
+            mask=bytes.fromhex(mask) if mask is not None else None,
+            **common,
+        )
+    except InvalidValue:
+        raise
+    except (BinfmtError, TypeError, ValueError) as exc:
+        raise InvalidValue(f"{source} entry", name, str(exc)) from None
 
 
 class BinfmtMisc:
@@ -332,6 +412,11 @@ class BinfmtMisc:
         fixed = flags is not None and Flags.FIX_BINARY in flags
         if err == errno.EEXIST:
             msg = f"cannot register {who}: an entry with that name already exists"
+            if fixed and self.kernel.releases_interpreter_on_failed_register is False:
+                msg += (
+                    f"; this kernel keeps {interpreter!r} from being written (ETXTBSY) "
+                    "after such a failed registration, until it is evicted (in practice: reboot)"
+                )
         elif err == errno.EINVAL:
             msg = f"cannot register {who}: the kernel refused the line"
             reason = _explain_refusal(line, self.kernel)
@@ -342,6 +427,9 @@ class BinfmtMisc:
                 f"cannot register {who}: the F flag opens the interpreter {interpreter!r} now, "
                 "and it is missing or not executable"
             )
+            if self.kernel.opens_interpreter_first is not False:
+                # The open comes before the name check: the name may be taken too.
+                msg += " (the name may also be taken: this kernel checks the file first)"
         elif fixed and err == errno.ETXTBSY:
             msg = f"cannot register {who}: the interpreter {interpreter!r} is open for writing"
         elif err == errno.ENAMETOOLONG:

@@ -39,6 +39,7 @@ __all__ = [
     "lookup",
     "match_header",
     "resolve",
+    "runs_qemu",
     "split_targets",
     "tests_same_bits",
 ]
@@ -661,18 +662,25 @@ def identify(entry: Entry) -> tuple[Signature, ...]:
     return tuple(exact + [sig for sig in found if sig not in exact])
 
 
-def is_qemu_entry(entry: Entry) -> bool:
-    """Recognisably QEMU's: an entry for ELF targets, named or run like QEMU.
+def runs_qemu(entry: Entry) -> bool:
+    """Named or run like QEMU, whatever it matches.
 
     QEMU's script names its entries ``qemu-TARGET`` and runs ``qemu-TARGET``
-    binaries; Debian's packages run them through ``/usr/libexec/qemu-binfmt/``.
-    Rosetta, FEX, box64, WSLInterop and language runtimes are not QEMU's,
-    whatever their magic matches.
+    binaries; Debian's packages run them through ``/usr/libexec/qemu-binfmt/``
+    (also for targets this table has dropped, such as ``cris``).
     """
     interp = entry.interpreter.rsplit("/", 1)[-1]
-    qemu_like = (
+    return (
         entry.name.startswith("qemu-")
         or interp.startswith("qemu-")
         or "/qemu-binfmt/" in entry.interpreter
     )
-    return qemu_like and bool(identify(entry))
+
+
+def is_qemu_entry(entry: Entry) -> bool:
+    """Recognisably QEMU's: an entry for this table's ELF targets, named or run like QEMU.
+
+    Rosetta, FEX, box64, WSLInterop and language runtimes are not QEMU's,
+    whatever their magic matches (:func:`binfmt.qemu.runs_qemu`).
+    """
+    return runs_qemu(entry) and bool(identify(entry))

@@ -8,8 +8,8 @@ stable, documented schema (``docs/cli.rst``):
 .. code-block:: text
 
     {"procfs": str, "mounted": bool, "enabled": bool|null,
-     "host": {"machine": str, "kernel": str, "native": [target], "platforms": [platform],
-              "unknown": [target]},
+     "host": {"machine": str, "kernel": str, "version": str, "native": [target],
+              "platforms": [platform], "unknown": [target]},
      "entries": [{"name": str, "enabled": bool, "type": "magic"|"extension",
                   "offset": int|null, "magic": hex|null, "mask": hex|null,
                   "extension": str|null, "interpreter": str, "flags": str,
@@ -19,7 +19,10 @@ stable, documented schema (``docs/cli.rst``):
 Entries are in lookup order. ``qemu`` is the QEMU target whose binaries the
 entry matches (also for non-QEMU emulators such as FEX or Rosetta, which
 match the same binaries), ``platforms`` the OCI platforms of all targets it
-matches.
+matches. ``host.version`` is ``uname -v`` (where distributions keep the
+kernel's real patch level), so that a document taken on a node describes its
+kernel rules too: :meth:`State.from_document <binfmt.procfs.State.from_document>`
+and :meth:`Host.from_document <binfmt.host.Host.from_document>` read it back.
 """
 
 from __future__ import annotations
@@ -94,9 +97,11 @@ def host_document(host: Host) -> dict[str, Any]:
     return {
         "machine": host.machine,
         "kernel": host.release,
+        "version": host.version,
         "native": list(host.native),
         "platforms": platforms,
         "unknown": list(host.unknown),
+        "evidence": dict(host.evidence),
     }
 
 
@@ -191,6 +196,10 @@ def status_text(state: State, host: Host) -> str:
     lines.append(f"host: {host.machine}, kernel {host.release}, runs natively: {native}")
     if host.unknown:
         lines.append(f"      cannot tell whether it runs {', '.join(host.unknown)} natively")
+        for target in host.unknown:
+            why = dict(host.evidence).get(target)
+            if why:
+                lines.append(f"      {target}: {printable(why)}")
     if state.mounted:
         count = len(state.entries)
         if count == 0:
@@ -239,12 +248,7 @@ def finding_lines(
 
 def verdict_text(verdict: Verdict, options: Optional[OptionNames] = None) -> str:
     """One ``check`` result: a line for the file, its findings indented below."""
-    if verdict.elf is not None:
-        arch = verdict.platform or verdict.target or verdict.elf.machine_name
-    elif verdict.handler == "script":
-        arch = "script"
-    else:
-        arch = "-"
+    arch = verdict.program
     if verdict.handler == "binfmt_misc":
         entry, interpreter = printable(verdict.entry or ""), printable(verdict.interpreter or "")
         how = f"binfmt_misc entry {entry} → {interpreter}"
@@ -270,21 +274,32 @@ def outcome_text(outcome: Outcome, options: Optional[OptionNames] = None) -> str
     for step in plan.steps:
         doc = step.to_dict(plan.kernel)
         platform = doc["platforms"][0] if doc["platforms"] else "-"
-        rows.append((step.action, step.entry.name, platform, step.reason))
+        rows.append((step.action, step.entry.name, platform, step.reason_text(options)))
     lines += table(rows) if rows else ["  nothing to do"]
     for finding in plan.findings:
         lines += finding_lines(finding, "  ", options)
+    if plan.cannot_restore:
+        names = ", ".join(printable(repr(n)) for n in plan.cannot_restore)
+        lines.append(f"if a step fails, these cannot be put back as they were: {names}")
     changes = plan.changes
     registering = [s for s in changes if s.action in ("register", "replace")]
+    noun = "change" if len(changes) == 1 else "changes"
     if outcome.dry_run and plan.ok and changes:
         if registering:
             lines.append("register lines (dry run, nothing written):")
             lines.extend("  " + printable(s.entry.to_register(plan.kernel)) for s in registering)
         else:
             lines.append("dry run: nothing written")
-    elif outcome.applied:
-        noun = "change" if len(changes) == 1 else "changes"
+    elif outcome.applied and not outcome.differences:
         lines.append(f"done: {len(changes)} {noun} applied")
+    elif outcome.applied:
+        lines.append(f"done: {len(changes)} {noun} applied, but binfmt_misc is not as planned:")
+        lines.extend(f"  {printable(d)}" for d in outcome.differences)
+    elif outcome.restored:
+        lines.append("failed; binfmt_misc is as it was before")
+    elif outcome.restored is False:
+        lines.append("failed; binfmt_misc is not as it was before:")
+        lines.extend(f"  {printable(d)}" for d in outcome.differences)
     elif not changes and plan.ok:
         lines.append("nothing to change")
     return _text(lines)

@@ -135,6 +135,15 @@ class Sandbox:
         """Create the namespace and mount the instance; raises :class:`SandboxUnavailable`."""
         if shutil.which("unshare") is None:
             raise SandboxUnavailable("the 'unshare' command (util-linux) is not installed")
+        from .kernel import KernelRules
+
+        rules = KernelRules.running()
+        if not rules.userns_instances:
+            raise SandboxUnavailable(
+                f"this kernel ({os.uname().release}) has one binfmt_misc for all user "
+                "namespaces: private instances came with Linux 6.7 (mounting one gives EPERM "
+                "on 5.10 and 6.1, as measured)"
+            )
         self._tmp = tempfile.mkdtemp(prefix="binfmt-sandbox-")
         self.mountpoint = self._tmp
         cmd = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]

@@ -69,7 +69,7 @@ import signal
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Union, get_args
 
 import attrs
 
@@ -109,16 +109,7 @@ Status = Literal[
     "no-probe",
 ]
 #: Every status a :class:`TargetResult` can have.
-STATUSES: tuple[Status, ...] = (
-    "works",
-    "native",
-    "entry-missing",
-    "disabled",
-    "interpreter-missing",
-    "exec-failed",
-    "wrong-status",
-    "no-probe",
-)
+STATUSES: tuple[Status, ...] = get_args(Status)
 _OK = ("works", "native")
 
 #: Seconds a probe may take: QEMU starts in milliseconds, so this only catches hangs.

@@ -41,10 +41,16 @@ nitpicky = True
 nitpick_ignore = [
     ("py:class", "attrs.Attribute"),  # type hints in binfmt.qemu validators
     ("py:func", "attrs.evolve"),  # KernelRules docstring
+    ("py:class", "argparse.ArgumentParser"),  # binfmt.cli's parsers
+    ("py:func", "json.loads"),  # binfmt.output
+    ("py:mod", "pickle"),  # binfmt.errors
+    # Type aliases, shown by name in signatures (their definitions are documented).
+    ("py:class", "OptionNames"),
+    ("py:class", "Handler"),
 ]
 # The standard library, which only intersphinx could link to.
 nitpick_ignore_regex = [
-    ("py:class", r"(collections\.abc|os|pathlib|struct)\.\w+"),
+    ("py:class", r"(collections\.abc|contextlib|os|pathlib|struct)\.\w+"),
     ("py:mod", r"subprocess"),  # binfmt.verify's docstring
 ]
 

@@ -21,7 +21,7 @@
 set -eu
 
 dir=${1:-tests/.cache/debian}
-archs=${BINFMT_DEBIAN_ARCHS:-"arm64 armhf armel i386 mips64el mipsel ppc64el s390x"}
+archs=${BINFMT_DEBIAN_ARCHS:-"amd64 arm64 armhf armel i386 mips64el mipsel ppc64el s390x"}
 packages="busybox-static hello libc6"
 predownloaded=${BINFMT_DEB_DIR:-/tmp/debs}
 

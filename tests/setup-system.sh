@@ -2,7 +2,9 @@
 # Install what the kernel and QEMU test layers need (Debian/Ubuntu, as root):
 # Debian's qemu-user-static (the emulators), util-linux (unshare), file(1)
 # (a benchmark baseline), shellcheck (the deploy scripts' lint), strace
-# (fault injection), and real foreign-architecture Debian binaries
+# (fault injection), systemd (its systemd-binfmt binary, run against a
+# private instance; systemd itself is never started), and real
+# foreign-architecture Debian binaries
 # (tests/fetch-debian.sh). Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -12,7 +14,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 export DEBIAN_FRONTEND=noninteractive
 missing=""
-for pkg in qemu-user-static util-linux file dpkg-dev python3-venv shellcheck strace; do
+for pkg in qemu-user-static util-linux file dpkg-dev python3-venv shellcheck strace systemd; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -98,7 +98,17 @@ def test_json_host_block(capsys: pytest.CaptureFixture[str]) -> None:
     host = status_json(capsys, str(TREES / "empty"))["host"]
     assert host["machine"] == os.uname().machine
     assert host["kernel"] == os.uname().release
-    assert set(host) == {"machine", "kernel", "native", "platforms", "unknown"}
+    assert host["version"].startswith(os.uname().version)  # uname -v: the patch level
+    assert set(host) == {
+        "machine",
+        "kernel",
+        "version",
+        "native",
+        "platforms",
+        "unknown",
+        "evidence",
+    }
+    assert set(host["evidence"]) >= set(host["unknown"]) | set(host["native"][1:])
 
 
 def test_text_lists_entries_in_lookup_order(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
-from binfmt import BinfmtMisc, Entry, Host, State, qemu
+from binfmt import BinfmtMisc, Entry, Flags, Host, State, qemu
 from binfmt.cli import main
 from binfmt.doctor import CODES, DoctorReport, diagnose
 from binfmt.persist import binfmt_d_files, write_files
@@ -131,6 +131,36 @@ def test_kernel_and_namespace(tmp_path: Path) -> None:
     report = diagnose(tree("empty"), old, host_root=str(root))
     assert codes(report) == {"kernel-without-f", "user-namespace"}
     assert report.exit_status == 1
+
+
+def test_an_arm64_node_with_qemu_arm(tmp_path: Path, fake_binfmt_misc: Any) -> None:
+    """qemu-arm on an arm64 node: a warning if the CPU runs arm itself, and if that is unknown.
+
+    However native arm was learned (measured, or aarch32_el0), the entry is
+    reported; on a CPU without AArch32 it is what the node needs.
+    """
+    root = fake_root(tmp_path, {"/usr/bin/qemu-arm-static": (STATIC, 0o755)}, systemd=False)
+    entry = qemu.get("arm").to_entry("/usr/bin/qemu-arm-static", Flags.from_letters("F"))
+    state = fake_binfmt_misc([entry]).state()
+    config = {"CONFIG_COMPAT": "y"}
+
+    def arm64(measured: Optional[bool], el0: Optional[str] = None) -> Host:
+        return Host.from_facts(
+            "aarch64", "6.1.0", config=config, aarch32_el0=el0, measure=lambda t: (measured, "m")
+        )
+
+    for host in (arm64(True), arm64(None, el0="0-3")):
+        report = diagnose(state, host, host_root=str(root), probe=False)
+        assert codes(report, "qemu-arm") == {"hijacks-native"}
+        (found,) = [p for p in report.problems if p.entry == "qemu-arm"]
+        assert found.severity == "warning" and "which this host runs itself" in found.message
+    assert (
+        codes(diagnose(state, arm64(False), host_root=str(root), probe=False), "qemu-arm") == set()
+    )
+    unsure = diagnose(state, arm64(None), host_root=str(root), probe=False)
+    assert codes(unsure, "qemu-arm") == {"native-unknown"}
+    (found,) = [p for p in unsure.problems if p.entry == "qemu-arm"]
+    assert found.severity == "warning" and "unknown (" in found.message
 
 
 def test_platforms_without_probes(tmp_path: Path) -> None:
@@ -283,6 +313,20 @@ def test_stale_interpreter_in_use(tmp_path: Path) -> None:
         state, Host.detect(), host_root=str(node / "host"), probe=False, proc=str(node / "proc")
     )
     assert "interpreter-deleted" in codes(report, "qemu-s390x")
+
+
+def test_unknown_kernel_rules_are_reported(tmp_path: Path) -> None:
+    """A Debian 12 release without uname -v: the backport rules are unknown, and doctor says so."""
+    host = Host.from_facts("x86_64", "6.1.0-57-cloud-amd64", config={"CONFIG_IA32_EMULATION": "y"})
+    report = diagnose(tree("empty"), host, host_root=str(fake_root(tmp_path, {})), probe=False)
+    unknown = [p for p in report.problems if p.code == "kernel-rules-unknown"]
+    codes(report)
+    assert unknown and all("patch level" in p.message for p in unknown)
+    known = Host.from_facts(
+        "x86_64", "6.1.0-57-cloud-amd64", config={}, version="#1 SMP Debian 6.1.192-3"
+    )
+    again = diagnose(tree("empty"), known, host_root=str(fake_root(tmp_path / "k", {})))
+    assert "kernel-rules-unknown" not in {p.code for p in again.problems}
 
 
 def test_every_code_is_produced_by_some_test() -> None:

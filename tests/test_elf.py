@@ -328,7 +328,7 @@ def test_details_busybox_static(arch: str) -> None:
     path = str(debian_root(arch) / "bin/busybox")
     info = details(path)
     assert info.interpreter is None
-    assert info.static
+    assert not info.is_dynamic
     assert not info.is_dynamic
     assert not info.is_static_pie
     assert not info.is_pie
@@ -342,7 +342,6 @@ def test_details_hello_interpreter(arch: str) -> None:
     info = details(str(debian_root(arch) / "usr/bin/hello"))
     assert info.interpreter == ARCHS[arch].loader
     assert info.is_dynamic
-    assert not info.static
     assert info.is_pie
     assert not info.is_static_pie
     assert info.abi == ARCHS[arch].abi
@@ -359,7 +358,7 @@ def test_loader_is_in_libc6_and_relocates_itself(arch: str) -> None:
     assert info.header.elf_class == ARCHS[arch].elf_class
     assert info.interpreter is None
     assert info.is_static_pie  # ld.so: ET_DYN, PT_DYNAMIC, no PT_INTERP, no DT_NEEDED
-    assert info.static
+    assert not info.is_dynamic
 
 
 def test_arm_float_abi_hard_vs_soft() -> None:
@@ -377,7 +376,7 @@ def test_host_qemu_static_is_static_pie() -> None:
     assert info.interpreter is None
     assert info.is_static_pie
     assert info.is_pie
-    assert info.static
+    assert not info.is_dynamic
     assert not info.is_dynamic
 
 
@@ -389,7 +388,7 @@ def test_host_ls_is_dynamic_pie() -> None:
     assert info.is_dynamic
     assert info.is_pie
     assert not info.is_static_pie
-    assert not info.static
+    assert info.is_dynamic
 
 
 def test_real_files_agree_with_pyelftools() -> None:
@@ -673,7 +672,7 @@ def test_synthetic_dynamic_pie(tmp_path: Path) -> None:
     path = write(tmp_path, make_elf([(PT_INTERP, b"/lib/ld-x.so\0"), (PT_LOAD, b"")]))
     info = details(path)
     assert info.interpreter == "/lib/ld-x.so"
-    assert (info.is_dynamic, info.is_pie, info.is_static_pie, info.static) == (
+    assert (info.is_dynamic, info.is_pie, info.is_static_pie, (not info.is_dynamic)) == (
         True,
         True,
         False,
@@ -694,7 +693,7 @@ def test_synthetic_static_pie_and_shared_library(tmp_path: Path) -> None:
     """ET_DYN without PT_INTERP is a static PIE only if its dynamic table has no DT_NEEDED."""
     static_pie = make_dynamic([(DT_FLAGS_1, DF_1_PIE), (DT_DEBUG, 0), (DT_NULL, 0)])
     info = details(write(tmp_path, make_elf([(PT_DYNAMIC, static_pie)]), "spie"))
-    assert (info.is_static_pie, info.is_pie, info.static, info.is_dynamic) == (
+    assert (info.is_static_pie, info.is_pie, (not info.is_dynamic), info.is_dynamic) == (
         True,
         True,
         True,
@@ -703,7 +702,7 @@ def test_synthetic_static_pie_and_shared_library(tmp_path: Path) -> None:
 
     library = make_dynamic([(DT_NEEDED, 1), (DT_NULL, 0)])
     info = details(write(tmp_path, make_elf([(PT_DYNAMIC, library)]), "lib"))
-    assert (info.is_static_pie, info.is_pie, info.static, info.is_dynamic) == (
+    assert (info.is_static_pie, info.is_pie, (not info.is_dynamic), info.is_dynamic) == (
         False,
         False,
         False,
@@ -738,7 +737,7 @@ def test_synthetic_relocatable_without_program_headers(tmp_path: Path) -> None:
     info = details(path)
     assert not info.header.is_executable_type
     assert info.interpreter is None
-    assert info.static and not info.is_pie
+    assert not info.is_dynamic and not info.is_pie
 
 
 def test_section_headers_are_not_read(tmp_path: Path) -> None:

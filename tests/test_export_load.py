@@ -11,7 +11,7 @@ import pytest
 
 from binfmt import BinfmtMisc, Entry, qemu
 from binfmt.cli import main
-from binfmt.persist import parse_binfmt_d, parse_debian_format
+from binfmt.persist import binfmt_d_files, parse_binfmt_d, parse_debian_format, write_files
 from binfmt.sandbox import Sandbox
 from binfmt.testing import require_or_skip
 
@@ -179,3 +179,23 @@ def test_load_refuses_an_entry_that_captures_native_binaries(
     assert misc.state().names == ()
     assert main(["load", "--force", "--procfs", misc.path, str(conf)]) == 0
     assert misc.state().names == ("evil",)
+
+
+def test_persisted_below_leaves_vendor_entries_to_the_vendor(tmp_path: Path) -> None:
+    """An entry a lower binfmt.d directory registers identically needs no copy in a higher one."""
+    from binfmt.persist import persisted_below
+
+    etc, usr = tmp_path / "etc", tmp_path / "usr"
+    etc.mkdir()
+    usr.mkdir()
+    python = Entry("python3.11", "/usr/bin/python3.11", magic=b"\xa7\x0d\x0d\x0a")
+    ours = qemu.get("aarch64").to_entry("/usr/bin/qemu-aarch64-static", "F")
+    vendor_qemu = qemu.get("aarch64").to_entry("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "POCF")
+    write_files(str(usr), binfmt_d_files([python, vendor_qemu]))
+    dirs = [str(etc), str(usr)]
+    assert persisted_below([python, ours], str(etc), dirs) == {
+        "python3.11": str(usr / "python3.11.conf")
+    }
+    assert persisted_below([python, ours], str(tmp_path / "elsewhere"), dirs) == {}
+    write_files(str(etc), binfmt_d_files([python]))  # a file of its own: keep it up to date
+    assert persisted_below([python, ours], str(etc), dirs) == {}

@@ -178,6 +178,69 @@ COMMANDS["ps"] = lambda w: ["ps", *_node_args(w)]
 COMMANDS["metrics"] = lambda w: ["metrics", *_node_args(w)]
 
 
+# -- another node and archives (issue 15): the hostile root as a tar, the state as a document --
+
+
+def _hostile_tar(w: dict[str, str]) -> str:
+    """The hostile root as an archive, with a member whose name climbs out (a warning)."""
+    import io
+    import tarfile
+
+    path = Path(w["root"]).parent / "root.tar"
+    if not path.exists():
+        with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(w["root"], arcname=".")
+            info = tarfile.TarInfo("../" + os.fsdecode(NASTY_FILE))
+            info.size = 4
+            tar.addfile(info, io.BytesIO(b"data"))
+    return str(path)
+
+
+def _state_document(w: dict[str, str]) -> str:
+    """status --json of the hostile binfmt_misc: the state a node would hand over."""
+    path = Path(w["root"]).parent / "state.json"
+    if not path.exists():
+        done = run("status", "--json", "--procfs", w["procfs"])
+        path.write_bytes(done.stdout)
+    return str(path)
+
+
+COMMANDS["scan --tar"] = lambda w: ["scan", "--procfs", w["procfs"], "--tar", _hostile_tar(w)]
+COMMANDS["scan --tar --state"] = lambda w: [
+    "scan",
+    "--state",
+    _state_document(w),
+    "--host",
+    "linux/amd64",
+    "--tar",
+    _hostile_tar(w),
+]
+COMMANDS["check --state"] = lambda w: [
+    "check",
+    "--state",
+    _state_document(w),
+    "--kernel",
+    "6.1.0-25-arm64 #1 SMP Debian 6.1.106-3",
+    w["file"],
+    w["arm"],
+    w["script"],
+]
+COMMANDS["doctor --state"] = lambda w: ["doctor", "--state", _state_document(w)]
+COMMANDS["install --dry-run --host"] = lambda w: [
+    "install",
+    "--dry-run",
+    "--state",
+    _state_document(w),
+    "--host",
+    "linux/arm64",
+    "--qemu-path",
+    w["qemu_dir"],
+    "aarch64",
+    "amd64",
+]
+COMMANDS["bad --state"] = lambda w: ["check", "--state", w["file"], w["arm"]]
+
+
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_no_raw_control_characters(world: dict[str, str], command: str) -> None:
     """stdout and stderr of each command: UTF-8, printable, no forged line; the names are shown."""

@@ -53,7 +53,7 @@ def _captures() -> list[Capture]:
 RECORDED = _captures()
 
 
-def _release(capture: Capture) -> str:
+def release_of(capture: Capture) -> str:
     return str(capture["kernel"]["release"])
 
 
@@ -279,7 +279,7 @@ def test_captures_cover_the_matrix() -> None:
     assert all(len(c["corpus"]) == len(vm_matrix.corpus_lines()) for c in RECORDED)
 
 
-@pytest.mark.parametrize("capture", RECORDED, ids=_release)
+@pytest.mark.parametrize("capture", RECORDED, ids=release_of)
 def test_recorded_kernel_agrees_with_model(capture: Capture, tmp_path: Path) -> None:
     """Parser, renderer, fake kernel and KernelRules agree with the recorded kernel's answers."""
     assert check(capture, tmp_path) == {
@@ -328,7 +328,8 @@ def _boot(package: kernels.KernelPackage) -> Capture:
     return _live[package.name]
 
 
-def _same(live: Capture, recorded: Capture) -> list[str]:
+def recording_mismatches(live: Capture, recorded: Capture) -> list[str]:
+    """Where a live capture's corpus answers and facts differ from the recording's."""
     bad = []
     for rec_l, rec_r in zip(live["corpus"], recorded["corpus"]):
         if rec_l != rec_r:
@@ -348,7 +349,7 @@ def test_live_kernel_agrees_with_model(package: kernels.KernelPackage, tmp_path:
     capture = _boot(package)
     result = check(capture, tmp_path)
     seed = capture["seed"]
-    assert result == {k: [] for k in result}, f"{_release(capture)}, seed {seed}"
+    assert result == {k: [] for k in result}, f"{release_of(capture)}, seed {seed}"
 
 
 @pytest.mark.kernel_matrix
@@ -357,10 +358,10 @@ def test_live_kernel_agrees_with_model(package: kernels.KernelPackage, tmp_path:
 def test_live_kernel_matches_recording(package: kernels.KernelPackage) -> None:
     """Booted now, the kernel answers the corpus and the probes as its recording says."""
     capture = _boot(package)
-    recorded = [c for c in RECORDED if _release(c) == _release(capture)]
+    recorded = [c for c in RECORDED if release_of(c) == release_of(capture)]
     if not recorded:
         pytest.fail(
-            f"no recording for {_release(capture)} (package {capture['kernel']['package']}): "
+            f"no recording for {release_of(capture)} (package {capture['kernel']['package']}): "
             "run python -m tests.vm.matrix --record and check it in"
         )
-    assert _same(capture, recorded[0]) == []
+    assert recording_mismatches(capture, recorded[0]) == []

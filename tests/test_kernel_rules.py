@@ -88,3 +88,17 @@ def test_for_release_without_version_keeps_working() -> None:
     assert KernelRules.for_release_or_default("garbage") == KernelRules()
     with pytest.raises(ValueError):
         KernelRules.for_release("garbage")
+
+
+def test_an_unknown_rule_is_not_guessed() -> None:
+    """Where the flag-delimiter fix is unknown (no patch level), such a line is refused: why."""
+    from binfmt import Entry, InvalidEntry
+
+    rules = KernelRules.for_release("6.1.0-57-cloud-amd64")
+    assert rules.rejects_flag_delimiter is None
+    with pytest.raises(InvalidEntry, match="unknown"):
+        Entry.parse("FxFMFFABFF/bin/trueF\n", rules)
+    known = KernelRules.for_release("6.1.0-57-cloud-amd64", "#1 SMP Debian 6.1.192-3")
+    assert known.rejects_flag_delimiter is True
+    old = KernelRules.for_release("6.1.0-57-cloud-amd64", "#1 SMP Debian 6.1.176-1")
+    assert Entry.parse("FxFMFFABFF/bin/trueF\n", old).name == "x"

@@ -407,6 +407,8 @@ def test_node_guide_shows_the_script_this_test_runs() -> None:
 
 def test_guide_script_runs_on_a_debian_node(node: NodeRun) -> None:
     """deploy/debian-node.sh: apt-get installs qemu-user-static, binfmt in a venv, exit 0."""
+    prelude = step(node, "guide-prelude")  # the node wiped first, entries included
+    assert prelude["rc"] == 0, show(prelude)
     rec = step(node, "guide-script")
     assert rec["rc"] == 0, show(rec)
 

@@ -261,3 +261,69 @@ def test_scan_verdicts_are_predicts_on_random_trees() -> None:
         print("\noutcomes:", dict(seen.most_common()))
 
     _in_private_mounts(run)
+
+
+def test_scan_of_an_archive_is_scan_of_its_tree() -> None:
+    """scan --tar of a random tree's archive gives every file the verdict scan of the tree
+    gives it (the messages name the root differently; nothing else differs)."""
+    import tarfile
+
+    from binfmt.archive import ArchiveRoot, read_archive
+    from binfmt.scan import scan_archive
+
+    seen: Counter[str] = Counter()
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(trees(), st.booleans())
+    def agree(spec: dict[str, Any], all_files: bool) -> None:
+        work = Path(tempfile.mkdtemp(prefix="binfmt-one-model-tar-"))
+        try:
+            root, host_dir = work / "root", work / "host"
+            root.mkdir()
+            host_dir.mkdir()
+            state = _build(root, host_dir, spec)
+            archive = work / "root.tar"
+            with tarfile.open(archive, "w") as tar:
+                tar.add(root, arcname=".")
+            label = ArchiveRoot(read_archive([str(archive)])).label
+            found: dict[str, dict[str, Any]] = {}
+            expected: dict[str, dict[str, Any]] = {}
+            scan_archive(
+                [str(archive)],
+                state=state,
+                host=X86,
+                all_files=all_files,
+                on_result=lambda r: found.__setitem__(r.path, _plain(r, label)),
+            )
+            scan(
+                str(root),
+                state=state,
+                host=X86,
+                all_files=all_files,
+                jobs=1,
+                on_result=lambda r: expected.__setitem__(r.path, _plain(r, str(root))),
+            )
+            assert found == expected
+            for result in found.values():
+                seen[f"{result['kind']}/{result['reason']}"] += 1
+                event(f"{result['kind']}/{result['reason']}")
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    agree()
+    reached = " ".join(seen)
+    for needed in ("native/None", "emulated/None", "script/None", "fails/loader-missing"):
+        assert needed in reached, (needed, seen)
+    print("\noutcomes:", dict(seen.most_common()))
+
+
+def _plain(result: FileResult, root: str) -> dict[str, Any]:
+    doc = result.to_dict()
+    message = doc["message"].replace(f" inside {root}", " inside ROOT")
+    doc["message"] = message.replace(root, "/").replace("//", "/")  # the root itself is "/"
+    return doc

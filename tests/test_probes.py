@@ -22,8 +22,17 @@ from typing import NamedTuple
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from binfmt import qemu
 from binfmt.errors import UnknownTarget
-from binfmt.probes import PROBE_STATUS, PROBE_TARGETS, probe, write_probe
+from binfmt.probes import (
+    HELD_MARK,
+    HELD_PROBE_TARGETS,
+    PROBE_STATUS,
+    PROBE_TARGETS,
+    held_probe,
+    probe,
+    write_probe,
+)
 from binfmt.testing import require_or_skip
 
 
@@ -334,3 +343,55 @@ def test_probe_matches_its_own_debian_entry_and_no_other(target: str) -> None:
         if all(data[i] & mask[i] == magic[i] & mask[i] for i in range(len(magic)))
     ]
     assert matches == ([target] if target in entries else [])
+
+
+# -- held probes (what Host measures compat targets with) ---------------------------------
+
+
+@pytest.mark.parametrize("target", HELD_PROBE_TARGETS)
+def test_held_probe_is_the_probe_with_the_mark_and_more_code(target: str) -> None:
+    """A held probe has the probe's headers but for the e_ident mark and its sizes."""
+    held, plain = held_probe(target), probe(target)
+    h, want = decode(held), EXPECTED[target]
+    assert h.ident == bytes([0x7F, 0x45, 0x4C, 0x46, want.elfclass, want.data, 1, 0, 0]) + HELD_MARK
+    assert (h.type, h.machine, h.version) == (2, want.machine, 1)
+    assert h.p_filesz == h.p_memsz == len(held) and h.entry == decode(plain).entry
+    assert held[16:52] == plain[16:52]  # e_type … e_shstrndx: the same ELF header
+    assert held.endswith(plain[84:])  # the same exit code, after the read
+    with pytest.raises(UnknownTarget, match="no held probe"):
+        held_probe("aarch64")
+
+
+@pytest.mark.parametrize("target", HELD_PROBE_TARGETS)
+def test_held_probe_matches_no_qemu_entry(target: str) -> None:
+    """No entry of QEMU's table matches a held probe; the plain probe matches its own."""
+    held = held_probe(target)
+    for sig in qemu.SIGNATURES:
+        entry = sig.to_entry("/usr/bin/qemu-x")
+        assert not entry.matches(held, f"probe-{target}"), sig.name
+    assert qemu.get(target).to_entry("/usr/bin/qemu-x").matches(probe(target), "probe")
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("target", HELD_PROBE_TARGETS)
+def test_held_probe_reads_stdin_then_exits(target: str, tmp_path: Path) -> None:
+    """Under QEMU's -strace: write(1, sp, 1), read(0, sp, 1), then exit_group(status)."""
+    qemu_binary = require_qemu(target)
+    path = tmp_path / f"held-{target}"
+    path.write_bytes(held_probe(target, 9))
+    path.chmod(0o755)
+    result = subprocess.run(
+        [str(qemu_binary), "-strace", str(path)], capture_output=True, timeout=60, input=b""
+    )
+    calls = [line.split(" ", 1)[1] for line in result.stderr.decode().splitlines() if line]
+    assert result.returncode == 9 and len(result.stdout) == 1
+    assert re.fullmatch(r"write\(1,0x[0-9a-f]+,1\) = 1", calls[0]), calls
+    assert re.fullmatch(r"read\(0,0x[0-9a-f]+,1\) = 0", calls[1]), calls
+    assert calls[2:] == ["exit_group(9)"]
+    entries = _debian_entries()
+    data = held_probe(target)
+    assert not [
+        name
+        for name, (magic, mask) in entries.items()
+        if all(data[i] & mask[i] == magic[i] & mask[i] for i in range(len(magic)))
+    ]

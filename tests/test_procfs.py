@@ -255,3 +255,12 @@ def test_fake_tree_follows_the_kernels_errno_rules(tmp_path: Path) -> None:
     with pytest.raises(KernelError) as info:
         mid.register(":a:M::CD::/nonexistent:F")
     assert info.value.errno_name == "EEXIST"
+    # The same order for a name longer than NAME_MAX (the dcache lookup refuses it).
+    long = ":" + "x" * 300 + ":M::CD::/nonexistent:F"
+    for misc, err in ((new, "ENOENT"), (mid, "ENAMETOOLONG")):
+        with pytest.raises(KernelError) as info:
+            misc.register(long)
+        assert info.value.errno_name == err
+    with pytest.raises(KernelError) as info:
+        new.register(long.replace("/nonexistent", "/bin/true"))
+    assert info.value.errno_name == "ENAMETOOLONG"

@@ -280,6 +280,8 @@ def test_scan_cli(
         "skipped",
         "unreadable",
         "seconds",
+        "warnings",
+        "warnings_total",
     }
     assert doc["failures_total"] == len(doc["failures"]) >= 2
     assert {f["path"] for f in doc["failures"]} >= {"/bin/arm64", "/bin/noint.sh"}

@@ -14,28 +14,23 @@ _BYPASS = re.compile(r"pytest\.(skip|importorskip)\(|mark\.skipif|mark\.skip\b|m
 _OUTSIDE = re.compile(r"\.\./shared|[\"'/]shared[\"'/]|parents\[2\] / [\"']shared")
 
 
-def test_every_skip_goes_through_the_switch() -> None:
-    """No test calls pytest.skip, skipif, importorskip or xfail: require_or_skip decides."""
+def _lines_matching(pattern: re.Pattern[str]) -> list[str]:
     this = Path(__file__).resolve()
-    offences = [
+    return [
         f"{p.relative_to(TESTS)}:{n}: {line.strip()}"
         for p in SOURCES
         if p != this
         for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-        if _BYPASS.search(line)
+        if pattern.search(line)
     ]
-    assert offences == []
+
+
+def test_every_skip_goes_through_the_switch() -> None:
+    """No test calls pytest.skip, skipif, importorskip or xfail: require_or_skip decides."""
+    assert _lines_matching(_BYPASS) == []
     assert len(SOURCES) > 20  # the walk found the suite
 
 
 def test_nothing_is_read_from_outside_the_repository() -> None:
     """No test names the shared reference directory or climbs above the repository."""
-    this = Path(__file__).resolve()
-    offences = [
-        f"{p.relative_to(TESTS)}:{n}: {line.strip()}"
-        for p in SOURCES
-        if p != this
-        for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
-        if _OUTSIDE.search(line)
-    ]
-    assert offences == []
+    assert _lines_matching(_OUTSIDE) == []

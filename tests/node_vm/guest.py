@@ -316,11 +316,13 @@ def daemonset() -> None:
     image = CONFIG["daemonset_rootfs"]
     flags = ["--rootfs", *(f"--env={e}" for e in CONFIG["daemonset_env"])]
     # A node without the user data: no binfmt.d files, no QEMU on the host, no
-    # entries. The image brings its own QEMU.
+    # entries. The image brings its own QEMU. The entries go first: an F entry
+    # whose file is gone cannot be put back, so uninstall refuses it without
+    # --force.
     sh(
         "ds-prelude",
-        "rm -f /etc/binfmt.d/qemu-*.conf /usr/bin/qemu-*-static"
-        " && /usr/local/bin/binfmt uninstall --all-qemu",
+        "/usr/local/bin/binfmt uninstall --all-qemu"
+        " && rm -f /etc/binfmt.d/qemu-*.conf /usr/bin/qemu-*-static",
     )
     # The Amazon Linux 2023 trap: an automount nothing has triggered.
     run("ds-stop-mount", ["systemctl", "stop", "proc-sys-fs-binfmt_misc.mount"])
@@ -411,7 +413,10 @@ def guide() -> None:
     # A fresh node again: nothing of the earlier stories left (the images stay).
     sh(
         "guide-prelude",
-        "/usr/local/bin/binfmt uninstall --all-qemu; "
+        # --force: the DaemonSet's F entries hold QEMU files of its image,
+        # gone from here, so they cannot be put back (uninstall refuses that
+        # by default); this node is being wiped on purpose.
+        "/usr/local/bin/binfmt uninstall --all-qemu --force && "
         "rm -rf /opt/binfmt /usr/local/bin/binfmt /etc/binfmt.d/*",
     )
     # The node's package mirror: a local repository with qemu-user-static.

@@ -37,11 +37,10 @@ from tests.test_docs import (  # noqa: E402
 
 def run(example: Example) -> list[str]:
     argv = shlex.split(example.command)
-    procfs = _procfs(argv)
-    assert procfs is not None
+    procfs = _procfs(argv) or ""  # none: another node's example (--state, --host)
     with tempfile.TemporaryDirectory() as tmp:
-        copy = os.path.join(tmp, os.path.basename(procfs))
-        if os.path.isdir(ROOT / procfs):
+        copy = os.path.join(tmp, os.path.basename(procfs) or "none")
+        if procfs and os.path.isdir(ROOT / procfs):
             shutil.copytree(ROOT / procfs, copy, symlinks=True)
             argv[argv.index("--procfs") + 1] = copy
         done = subprocess.run(
@@ -52,7 +51,7 @@ def run(example: Example) -> list[str]:
             text=True,
             timeout=300,
         )
-    printed = done.stdout.replace(copy, procfs).replace(str(ROOT), RECORDED_IN)
+    printed = done.stdout.replace(copy, procfs or copy).replace(str(ROOT), RECORDED_IN)
     return printed.rstrip("\n").split("\n") if printed else []
 
 

@@ -3,8 +3,10 @@
 - :class:`Machine` holds what differs between guests: the QEMU binary and
   machine type, the serial console's name, memory, and an optional disk
   (an NVMe namespace, so the cloud kernels need no initrd to mount it).
-  x86_64 is implemented and used; ``Machine.aarch64()`` is the same call
-  with ``qemu-system-aarch64 -M virt -cpu cortex-a72`` and ``ttyAMA0``.
+  ``Machine.aarch64(cpu=…)`` is ``qemu-system-aarch64 -M virt,gic-version=3
+  -cpu CPU`` with ``ttyAMA0``: GICv3, as arm64 servers have, and because
+  CPU models that advertise its system registers (``a64fx``) oops at boot
+  on the default GICv2 (``has_useable_gicv3_cpuif`` reads ``ICC_SRE_EL1``).
 - :func:`busybox_init` writes the ``/init`` script: busybox applets, proc,
   sysfs, devtmpfs, quiet printk, ``insmod`` of the given modules, then the
   caller's shell commands, then every file the commands left in ``/out``
@@ -58,6 +60,8 @@ class Machine:
     #: A raw disk image attached as namespace 1 of an NVMe controller
     #: (``root=/dev/nvme0n1`` in the kernel command line boots from it).
     disk: Optional[Path] = None
+    #: QEMU's ``-cpu`` model (aarch64 only; x86_64 uses QEMU's default).
+    cpu: str = "cortex-a72"
 
     @classmethod
     def aarch64(cls, **kwargs: object) -> Machine:
@@ -73,7 +77,7 @@ class Machine:
 
     def machine_args(self) -> list[str]:
         if self.arch == "aarch64":
-            return ["-M", "virt", "-cpu", "cortex-a72"]
+            return ["-M", "virt,gic-version=3", "-cpu", self.cpu]
         return ["-M", "q35"] if self.disk is not None else []
 
     def argv(self, kernel: Path, initrd: Optional[Path], append: str) -> list[str]:
@@ -238,7 +242,7 @@ def boot(
                 sink.write(block)
             if not first_init and b"@@INIT" in tail + block:
                 first_init.append(time.monotonic() - start)
-            tail = block[-8:]
+            tail = (tail + block)[-8:]  # blocks may be one byte each (pl011)
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()

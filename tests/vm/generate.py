@@ -81,11 +81,18 @@ def _safe(r: random.Random, d: bytes, lo: int, hi: int, extra: bytes = b"") -> b
             return b
 
 
-def plausible(r: random.Random, names: Optional[list[bytes]] = None) -> bytes:
+def plausible(
+    r: random.Random,
+    names: Optional[list[bytes]] = None,
+    interpreters: Optional[list[bytes]] = None,
+) -> bytes:
     """A mostly well-formed line (most are accepted, so their entry files are compared).
 
     With ``names`` (the sequences), no field holds a newline: the fake
     kernel keeps entries as entry files, which a newline makes ambiguous.
+    With ``interpreters``, the interpreter is one of them: the sequences
+    run the fake kernel on the host, where a random relative name the
+    guest happens to have (its ``/t``) does not exist.
     """
     d = r.choice([b":", b":", b"|", b"Q", b"\x00", b" "])
     nl = b"\n" if names else b""
@@ -117,8 +124,11 @@ def plausible(r: random.Random, names: Optional[list[bytes]] = None) -> bytes:
         ]
     else:
         fields = [name, b"E", r.choice([b"", b"7"]), _safe(r, d, 1, 10, b"/" + nl), b""]
-    interp = r.choice([b"/bin/true", b"/bin/true", b"/nonexistent/qemu", b"/etc/passwd"])
-    fields.append(interp if r.random() < 0.7 else _safe(r, d, 1, 10, b"/" + nl))
+    if interpreters:
+        fields.append(r.choice(interpreters).replace(D, d))
+    else:
+        interp = r.choice([b"/bin/true", b"/bin/true", b"/nonexistent/qemu", b"/etc/passwd"])
+        fields.append(interp if r.random() < 0.7 else _safe(r, d, 1, 10, b"/" + nl))
     letters = "".join(r.choice("POCF") for _ in range(r.randint(0, 4)))
     return d + d.join(fields) + d + letters.encode() + r.choice([b"", b"\n"])
 
@@ -151,7 +161,7 @@ def sequences(seed: int, count: int, length: int = 12) -> list[list[Step]]:
             k = r.random()
             if k < 0.4:
                 if r.random() < 0.85:
-                    line = plausible(r, _SEQ_NAMES)
+                    line = plausible(r, _SEQ_NAMES, _SEQ_INTERPRETERS)
                 else:
                     line = mangled(r, _SEQ_INTERPRETERS)
                     while b"\n" in line[:-1]:  # see plausible(): no newline in a field

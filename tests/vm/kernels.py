@@ -1,7 +1,8 @@
 """Debian's kernels, by package name, unpacked into the cache with their binfmt_misc module.
 
 :data:`MATRIX` names the kernel packages CI boots, one per line the nodes
-run (5.10 bullseye, 6.1 bookworm, 6.12 trixie); :data:`EXTRA` older builds
+run (5.10 bullseye, 6.1 bookworm, 6.12 trixie); :data:`ARM64` the arm64
+kernel CI boots under ``qemu-system-aarch64``; :data:`EXTRA` older builds
 of the same lines that were booted once to find which stable release first
 had a fix (``python -m tests.vm.matrix --kernels all``). A pinned package
 that the archive no longer serves is replaced by the newest one matching
@@ -19,7 +20,7 @@ import attrs
 
 from .debs import CACHE, Apt, Deb, extract
 
-__all__ = ["EXTRA", "MATRIX", "Kernel", "KernelPackage", "busybox", "fetch"]
+__all__ = ["ARM64", "EXTRA", "MATRIX", "Kernel", "KernelPackage", "busybox", "fetch"]
 
 
 @attrs.frozen
@@ -47,6 +48,18 @@ MATRIX = (
     _pkg("5.10", "bullseye", "linux-image-5.10.0-32-cloud-amd64-unsigned", _P510),
     _pkg("6.1", "bookworm", "linux-image-6.1.0-57-cloud-amd64-unsigned", _P61),
     _pkg("6.12", "trixie", "linux-image-6.12.117+deb13-cloud-amd64-unsigned", _P612),
+)
+
+#: The arm64 kernels CI boots (``tests/test_arm64_node.py``): bookworm's cloud
+#: kernel, the one Debian's arm64 cloud images (and a Graviton node) run.
+ARM64 = (
+    KernelPackage(
+        "6.1",
+        "bookworm",
+        "linux-image-6.1.0-57-cloud-arm64-unsigned",
+        "linux-image-6.1.0-*-cloud-arm64-unsigned",
+        arch="arm64",
+    ),
 )
 
 #: Older builds, booted to date the stable backports (not in CI).

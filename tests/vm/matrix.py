@@ -6,7 +6,9 @@ Run it as ``python -m tests.vm.matrix [--kernels matrix|all|NAME,…]
 1. fetches the package (cached by name) and busybox, compiles the guest
    helper (``guest/helper.c``, ``gcc -static``), and builds an initramfs
    holding them, the binfmt_misc module and the planned jobs;
-2. boots it under ``qemu-system-x86_64`` (TCG) with a hard timeout;
+2. boots it under ``qemu-system-x86_64`` (TCG) with a hard timeout (the
+   arm64 kernels of :data:`~tests.vm.kernels.ARM64` under
+   ``qemu-system-aarch64``, with an aarch64 helper and busybox);
 3. inside, the helper replays the checked-in register-line corpus
    (``tests/data/register-lines.jsonl``) and lines generated from the run's
    seed (one ``write(2)`` each, then the instance is read back and
@@ -332,6 +334,10 @@ def facts_answers(results: Sequence[Result]) -> dict[str, Any]:
     return out
 
 
+#: Debian architecture → the GNU one (the helper's compiler is ``ARCH-linux-gnu-gcc``).
+_GCC_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
+
+
 def corpus_lines() -> list[bytes]:
     lines = CORPUS.read_text().splitlines()[1:]
     return [base64.b64decode(json.loads(line)["line"]) for line in lines]
@@ -350,8 +356,10 @@ def run(
     """Boot one kernel with the whole plan; the capture as a JSON-ready dict."""
     t0 = time.monotonic()
     kernel = kernels.fetch(package, cache)
-    bbox = kernels.busybox(cache=cache)
-    helper = build_helper(cache)
+    bbox = kernels.busybox(package.arch, cache=cache)
+    helper = build_helper(cache, _GCC_ARCH[package.arch])
+    if machine is None:
+        machine = Machine.aarch64(memory_mb=1024) if package.arch == "arm64" else Machine()
     corpus = corpus_lines()
     gen = generate.lines(seed, generated)
     seqs = generate.sequences(seed, sequences)
@@ -366,7 +374,7 @@ def run(
     initrd = build_initramfs(kernel, helper, bbox, jobs, work / "initrd.cpio")
     prepared = time.monotonic() - t0
     result = boot(
-        machine or Machine(),
+        machine,
         kernel.vmlinuz,
         initrd,
         append="loglevel=1",
@@ -394,6 +402,7 @@ def run(
             "package_version": kernel.deb.version,
             "substituted": kernel.substituted,
             "line": package.line,
+            "arch": package.arch,
         },
         "measured": time.strftime("%Y-%m-%d", time.gmtime()),
         "seed": seed,
@@ -414,8 +423,10 @@ def select(spec: str) -> list[kernels.KernelPackage]:
     if spec == "matrix":
         return list(kernels.MATRIX)
     if spec == "all":
-        return list(kernels.MATRIX + kernels.EXTRA)
-    by_name = {p.name: p for p in kernels.MATRIX + kernels.EXTRA}
+        return list(kernels.MATRIX + kernels.EXTRA + kernels.ARM64)
+    if spec == "arm64":
+        return list(kernels.ARM64)
+    by_name = {p.name: p for p in kernels.MATRIX + kernels.EXTRA + kernels.ARM64}
     return [by_name[n] for n in spec.split(",")]
 
 
@@ -431,7 +442,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m tests.vm.matrix", description=__doc__.split("\n")[0]
     )
-    ap.add_argument("--kernels", default="matrix", help="matrix (default), all, or package names")
+    ap.add_argument(
+        "--kernels", default="matrix", help="matrix (default), arm64, all, or package names"
+    )
     ap.add_argument("--seed", type=int, default=None, help="seed of the generated lines")
     ap.add_argument("--lines", type=int, default=3000, help="generated lines per kernel")
     ap.add_argument("--sequences", type=int, default=150, help="operation sequences per kernel")
