@@ -836,9 +836,16 @@ def _prove_undo(writes: Sequence[_Write], state: State, problems: Mapping[str, s
     notes: list[str] = []
     if not problems:
         return _Proof(lost, ())  # every entry can be registered again: the way back is exact
+    def can_register(entry: Entry) -> bool:  # as the rollback decides it (_roll_back)
+        return entry.name not in problems or os.path.exists(entry.interpreter)
+
     for k in range(1, len(writes)):
         current = _simulate(target, writes[:k])
-        back = _way_back(current, target, problems, lambda e: e.name not in problems)
+        back = _way_back(current, target, problems, can_register)
+        for w in back:
+            if w.op == "register" and w.name in problems:
+                # Registered again, but not as it was: it holds another file.
+                lost.setdefault(w.name, problems[w.name])
         for diff in _compare(target, _simulate(current, back)):
             if not diff.material:
                 if diff.text not in notes:
