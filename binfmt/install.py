@@ -836,6 +836,7 @@ def _prove_undo(writes: Sequence[_Write], state: State, problems: Mapping[str, s
     notes: list[str] = []
     if not problems:
         return _Proof(lost, ())  # every entry can be registered again: the way back is exact
+
     def can_register(entry: Entry) -> bool:  # as the rollback decides it (_roll_back)
         return entry.name not in problems or os.path.exists(entry.interpreter)
 

@@ -238,6 +238,10 @@ def _commands(block: list[tuple[int, str]]) -> list[tuple[int, str, list[str]]]:
     for number, line in block:
         if line.startswith("$ "):
             commands.append((number, line[2:], []))
+        elif commands and commands[-1][1].endswith("\\") and not commands[-1][2]:
+            # A command continued on the next line (a backslash before the newline).
+            first, command, output = commands[-1]
+            commands[-1] = (first, command[:-1] + " " + line.strip(), output)
         elif commands:
             commands[-1][2].append(line)
     return commands
