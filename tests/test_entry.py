@@ -264,6 +264,11 @@ def test_zero_magic_past_end_of_file_matches() -> None:
     entry = magic_entry(offset=2, magic=b"\0\0")
     assert entry.matches(b"AB")
     assert not entry.matches(b"ABC")
+    # A window partly past EOF: its missing bytes are zeros at the end, not
+    # dropped (a shorter window would compare as a smaller number).
+    partly = magic_entry(offset=1, magic=b"B\0")
+    assert partly.matches(b"AB") and partly.matches(b"AB\0")
+    assert not partly.matches(b"AC") and not partly.matches(b"ABC")
 
 
 @pytest.mark.parametrize(
@@ -276,6 +281,7 @@ def test_zero_magic_past_end_of_file_matches() -> None:
         ("T.ZZX", False),
         ("dir.zzx/file", False),
         ("link", False),
+        ("zzx", False),  # no dot: nothing to compare, even if the name is the extension
         ("t.zzx.bak", False),
     ],
 )
@@ -348,3 +354,40 @@ def test_fields_holding_every_usual_delimiter_still_render() -> None:
     entry = Entry("n" + used, "/i" + used, magic=b"AB")
     line = entry.to_register(K618)
     assert line[0] not in used and Entry.parse(line, K618) == entry
+
+
+# -- pinned by mutation testing (tests/tools/mutants.py) -----------------------------------
+
+
+def test_a_raw_nul_inside_a_field_is_named_with_the_bytes_up_to_it() -> None:
+    """strchr() stops at a NUL: the field is refused with what precedes it, the NUL shown."""
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(b":n\x00:M::AB::/bin/x:")
+    assert (info.value.field, info.value.value, info.value.rule) == (
+        "name",
+        "n\x00",
+        "contains a raw NUL byte",
+    )
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(b":n:E::zz::/bin/x\x00:")
+    assert (info.value.field, info.value.value) == ("interpreter", "/bin/x\x00")
+
+
+@pytest.mark.parametrize("line", [b"", b":", b"\x00"])
+def test_lines_too_short_are_refused_before_anything_is_read(line: bytes) -> None:
+    """An empty line has no delimiter: the length rule answers first (no IndexError)."""
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(line)
+    assert info.value.field == "line" and "shorter than 11 bytes" in info.value.rule
+
+
+def test_the_largest_offset_is_refused_by_the_window_not_the_range() -> None:
+    """INT_MAX is a valid offset (the range rule); only the 256-byte window refuses it."""
+    from binfmt.entry import INT_MAX
+
+    with pytest.raises(InvalidEntry) as info:
+        Entry("e", "/i", magic=b"A", offset=INT_MAX)
+    assert info.value.field == "magic" and "256" in info.value.rule
+    with pytest.raises(InvalidEntry) as info:
+        Entry("e", "/i", magic=b"A", offset=INT_MAX + 1)
+    assert info.value.field == "offset"
