@@ -348,6 +348,13 @@ def test_a_line_at_the_length_limit_with_c_renders_without_the_implied_o() -> No
     assert Entry.parse(rendered, K618) == entry
 
 
+def test_a_readable_line_exactly_at_the_length_limit_is_kept_as_it_is() -> None:
+    """1920 bytes with ``POC`` is accepted: the shorter spellings are only for longer lines."""
+    line = ":.l:M::I::/" + "i" * 1905 + ":POC"
+    assert len(line) == K618.max_register_length
+    assert Entry.parse(line, K618).to_register(K618) == line
+
+
 def test_fields_holding_every_usual_delimiter_still_render() -> None:
     """When name and interpreter hold ``:|!%@…``, another byte is the delimiter."""
     used = ":|!%@,=~^+&*$?<>`'\"-_[]{}()"
@@ -390,4 +397,24 @@ def test_the_largest_offset_is_refused_by_the_window_not_the_range() -> None:
     assert info.value.field == "magic" and "256" in info.value.rule
     with pytest.raises(InvalidEntry) as info:
         Entry("e", "/i", magic=b"A", offset=INT_MAX + 1)
+    assert info.value.field == "offset"
+
+
+@pytest.mark.parametrize("release", ["6.18", "4.14"])
+def test_offset_int_max_parses_and_only_the_window_refuses_it(release: str) -> None:
+    """kstrtoint (and the old simple_strtoul) take INT_MAX itself; the buffer then refuses."""
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(b":n:M:2147483647:A::/bin/x:", KernelRules.for_release(release))
+    assert info.value.field == "magic" and "buffer" in info.value.rule
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(b":n:M:2147483648:A::/bin/x:", KernelRules.for_release(release))
+    assert info.value.field == "offset"
+
+
+def test_before_4_18_an_offset_wraps_as_an_unsigned_long_stored_in_an_int() -> None:
+    """simple_strtoul's 64-bit value is cut to the int field: 2**32 + 1 is offset 1."""
+    old = KernelRules.for_release("4.14")
+    assert Entry.parse(b":n:M:4294967297:A::/bin/x:", old).offset == 1
+    with pytest.raises(InvalidEntry) as info:
+        Entry.parse(b":n:M:4294967297:A::/bin/x:", K618)
     assert info.value.field == "offset"

@@ -294,6 +294,31 @@ def test_register_lines_at_the_edges(binfmt_sandbox: Sandbox) -> None:
     assert ambiguous >= 3
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b":a/" + b"b" * 300 + b":M::AB::/bin/true:",  # '/' in a name too long
+        b":" + b"b" * 300 + b":E::a/b::/bin/true:",  # '/' in the extension
+        b":" + b"b" * 300 + b":E:::::/bin/true:",  # no extension
+        b":" + b"b" * 300 + b":M::\x00AB::/bin/true:",  # the magic starts with a raw NUL
+        b":register:E::a/b::/bin/true:",
+        b":register:M::\x00AB::/bin/true:",
+    ],
+)
+def test_syntax_faults_come_before_the_name_lookup(binfmt_sandbox: Sandbox, line: bytes) -> None:
+    """create_entry() refuses a bad field (EINVAL) before the name is looked up
+    (ENAMETOOLONG, EEXIST): the parser must decide in the kernel's order, not
+    leave the field to the Entry constructor, which runs after the name rules
+    (surviving mutants of the parser's name, extension and magic checks)."""
+    box = binfmt_sandbox
+    try:
+        got = _kernel(box, line)
+    finally:
+        box.reset()
+    assert got == ("err", "EINVAL")
+    assert expected(line, RULES) == got
+
+
 def test_edge_cases_are_what_the_library_refuses() -> None:
     """The strata's lines are decided by the rules they aim at (no kernel needed)."""
     reasons: Counter[str] = Counter()

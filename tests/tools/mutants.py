@@ -129,7 +129,62 @@ TESTS: dict[str, tuple[str, ...]] = {
 
 #: Survivors that need no test, with the reason (an equivalent mutant, or a
 #: guard that no input can reach). Keys are mutant ids as printed.
-EXPLAINED: dict[str, str] = {}
+EXPLAINED: dict[str, str] = {
+    # parse_shebang: the buffer starts with "#!" (tested first), so neither a
+    # newline nor a NUL is at index 0 or 1, and they are never at one index.
+    "prediction:parse_shebang#17: newline >= 0 -> newline > 0": "no newline at index 0",
+    "prediction:parse_shebang#31: 0 -> 1 (line 179)": "no newline or NUL at index 0 or 1",
+    "prediction:parse_shebang#33: nul < 0 -> nul <= 0": "no NUL at index 0",
+    "prediction:parse_shebang#34: newline < nul -> newline <= nul": "a newline is not a NUL",
+    "prediction:parse_shebang#44: 0 -> 1 (line 179)": "no newline at index 0 or 1",
+    "prediction:_next_non_spacetab#5: 1 -> 0 (line 211)": (
+        "the last index is never the answer that decides: for the name and the argument it "
+        "holds the newline or NUL that ends the line (trailing blanks are trimmed, so a "
+        "non-blank comes before it); in a full buffer a lone non-blank at byte 255 has no "
+        "terminator after it, ENOEXEC either way (pinned against execve by the 255 stratum)"
+    ),
+    "entry:masked_key#2: len(window) < size -> len(window) <= size": (
+        "a full window is padded with zero bytes: nothing changes"
+    ),
+    # _RegisterParser: the buffer is padded with 8 delimiters as in
+    # create_entry(), so a field always finds its delimiter, and the parser
+    # reads at most six padding bytes (one per field); the guards that say
+    # "missing its delimiter" and the padding's exact length are never decisive.
+    "entry:_RegisterParser.__init__#4: 0 -> 1 (line 509)": (
+        "the delimiter of an empty line is never used: the length rule refuses it first"
+    ),
+    "entry:_RegisterParser.__init__#8: 8 -> 9 (line 511)": "at most six padding bytes are read",
+    "entry:_RegisterParser.__init__#9: 8 -> 7 (line 511)": "at most six padding bytes are read",
+    "entry:_RegisterParser.field#7: 0 -> 1 (line 521)": (
+        "with a NUL delimiter the NUL found is the delimiter itself (nul == end): the "
+        "check never fires, so running it for delimiter 0 changes nothing"
+    ),
+    "entry:_RegisterParser.field#8: 0 -> -1 (line 521)": "as field#7",
+    "entry:_RegisterParser.field#16: 1 -> 2 (line 525)": "end is never -1 (the padding)",
+    "entry:_RegisterParser.field#17: 1 -> 0 (line 525)": "end is never -1 or 0 (the padding)",
+    "entry:_RegisterParser.field#19: nul < end -> nul <= end": (
+        "nul == end only for a NUL delimiter, where the check is not made"
+    ),
+    "entry:_RegisterParser.field#22: 1 -> 2 (line 523)": "end is never -1 (the padding)",
+    "entry:_RegisterParser.field#23: 1 -> 0 (line 523)": "end is never -1 or 0 (the padding)",
+    "entry:_RegisterParser.parse#33: 11 -> 10 (line 556)": (
+        "no well-formed line is shorter than 11 bytes (':n:E::x::/:'): a 10-byte line is "
+        "refused by another rule with the same EINVAL (the line-length stratum has them)"
+    ),
+    "entry:_RegisterParser.parse_offset#14: len(text) - len(text.lstrip(b'0123456789')): "
+    "Sub -> Add": "digits == len(text) exactly when nothing follows the digits, either way",
+    "entry:_RegisterParser.parse_offset#19: 0 -> 1 (line 660)": (
+        "parse_offset is called only for a non-empty offset field"
+    ),
+    "entry:_RegisterParser.parse_offset#20: 0 -> -1 (line 660)": "as parse_offset#19",
+    "entry:_RegisterParser.scanarg#12: s < len(buf) -> s <= len(buf)": (
+        "the buffer ends in padding delimiters, so a backslash is never its last byte"
+    ),
+    "entry:_RegisterParser.scanarg#5: s >= len(buf) -> s > len(buf)": (
+        "a scan always stops at a padding delimiter: one \\x escape can swallow two "
+        "padding bytes (a hex-digit delimiter), leaving six"
+    ),
+}
 
 _COMPARE_SWAP: dict[type[ast.cmpop], type[ast.cmpop]] = {
     ast.Lt: ast.LtE,
