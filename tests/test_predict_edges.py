@@ -159,3 +159,66 @@ def test_resolve_without_following_the_last_symlink(tmp_path: Path) -> None:
     (tmp_path / "real" / "last").symlink_to("file")
     assert resolve(str(tmp_path), "/dir/last", follow=False) == str(tmp_path / "real" / "last")
     assert resolve(str(tmp_path), "/dir/last") == str(tmp_path / "real" / "file")
+
+
+def test_another_nodes_f_emulator_starts_and_the_guest_loader_is_judged_in_the_root(
+    tmp_path: Path,
+) -> None:
+    """this_machine=False, F entry: the node's kernel holds the emulator, so the exec
+    starts (no errno) whatever this machine has at that path; the guest binary's own
+    loader is still looked up in the root, and its absence is the problem."""
+    from binfmt import qemu
+
+    from .test_elf import make_elf
+
+    entry = qemu.get("aarch64").to_entry("/nowhere/on/this/machine/qemu-aarch64", "F")
+    root = tmp_path / "root"
+    binary = write(
+        root / "bin" / "app", make_elf([(3, b"/lib/ld-linux-aarch64.so.1\0")], machine=183)
+    )
+    v = predict(binary, state=state_of(entry), host=X86, rootfs=str(root), this_machine=False)
+    assert (v.handler, v.errno, v.entry) == ("binfmt_misc", None, entry.name)
+    assert v.problem is not None and v.problem.code == "loader-missing", v.findings
+    write(root / "lib" / "ld-linux-aarch64.so.1", b"loader")
+    v = predict(binary, state=state_of(entry), host=X86, rootfs=str(root), this_machine=False)
+    assert v.runs and v.problem is None, v.findings
+
+
+def test_another_node_needs_its_state_and_its_host(tmp_path: Path) -> None:
+    """Without the node's state or host there is nothing to predict from: refused, named."""
+    from binfmt.errors import InvalidValue
+
+    path = write(tmp_path / "f", NATIVE)
+    for given in ({}, {"state": state_of()}, {"host": X86}):
+        with pytest.raises(InvalidValue, match="another node needs its state and host"):
+            predict(path, this_machine=False, **given)  # type: ignore[arg-type]
+    assert predict(path, state=state_of(), host=X86, this_machine=False).handler == "native"
+
+
+def test_the_state_and_host_given_are_used_and_the_defaults_read_this_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A given state and host are used as given; without them, this machine's are read."""
+    from binfmt import prediction
+    from binfmt.host import Host as HostClass
+
+    from .test_elf import make_elf
+
+    entry = Entry("pinned-by-this-test", "/bin/true", magic=b"\x01PIN")
+    pinned = write(tmp_path / "pinned", b"\x01PIN\n")
+    assert predict(pinned, state=state_of(entry), host=X86).entry == entry.name
+    arm64_static = write(tmp_path / "arm64", make_elf([], machine=183))
+    arm64 = Host.for_platform("linux/arm64")
+    assert predict(arm64_static, state=state_of(), host=arm64).handler == "native"
+
+    class Machine:
+        def __init__(self, path: str = "") -> None:
+            pass
+
+        def state(self) -> State:
+            return state_of(entry)
+
+    monkeypatch.setattr(prediction, "BinfmtMisc", Machine)
+    monkeypatch.setattr(HostClass, "detect", classmethod(lambda cls, *a, **k: arm64))
+    assert predict(pinned).entry == entry.name
+    assert predict(arm64_static).handler == "native"

@@ -143,6 +143,15 @@ EXPLAINED: dict[str, str] = {
         "non-blank comes before it); in a full buffer a lone non-blank at byte 255 has no "
         "terminator after it, ENOEXEC either way (pinned against execve by the 255 stratum)"
     ),
+    "prediction:ExecModel._interpreter#3: if self.many_files: negated": (
+        "a memo for scans of many files: the answer is the same with or without it "
+        "(tests/test_one_model.py checks that scan's memo key gives predict's verdicts)"
+    ),
+    "prediction:predict#13: root != '/' and inside.startswith('/') and (inside == exe...: "
+    "And -> Or": (
+        "only root '/' reaches the changed branch, where the file at the path and the exec "
+        "path looked up from '/' are the same file"
+    ),
     "entry:masked_key#2: len(window) < size -> len(window) <= size": (
         "a full window is padded with zero bytes: nothing changes"
     ),
