@@ -191,7 +191,7 @@ def test_another_node_needs_its_state_and_its_host(tmp_path: Path) -> None:
     path = write(tmp_path / "f", NATIVE)
     for given in ({}, {"state": state_of()}, {"host": X86}):
         with pytest.raises(InvalidValue, match="another node needs its state and host"):
-            predict(path, this_machine=False, **given)  # type: ignore[arg-type]
+            predict(path, this_machine=False, **given)
     assert predict(path, state=state_of(), host=X86, this_machine=False).handler == "native"
 
 
