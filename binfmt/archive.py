@@ -49,7 +49,7 @@ import attrs
 
 from .elf import ElfHeader, NotElf, program_interpreter
 from .errors import ArchiveError, BinfmtError
-from .rootfs import MAX_SYMLINKS, OpenedFile, Root
+from .rootfs import OpenedFile, Root, walk
 from .text import decode
 
 __all__ = ["HEAD_SIZE", "Archive", "ArchiveFile", "ArchiveRoot", "Node", "read_archive"]
@@ -653,40 +653,17 @@ class ArchiveRoot(Root):
         return f"ArchiveRoot({self.label!r})"
 
     def resolve(self, path: str, *, cwd: str = "/", follow: bool = True) -> str:
-        start = path if path.startswith("/") else cwd.rstrip("/") + "/" + path
-        pending = [c for c in start.split("/") if c]
-        pending.reverse()
-        done: list[str] = []
-        nodes: list[Node] = [self.archive.root]
-        links = 0
-        while pending:
-            name = pending.pop()
-            if name == ".":
-                continue
-            if name == "..":
-                if done:
-                    done.pop()
-                    nodes.pop()
-                continue
-            children = nodes[-1].children
-            assert children is not None
-            node = children.get(name)
+        def lookup(done: Sequence[str], name: str) -> tuple[Optional[str], bool]:
+            parent = _lookup(self.archive.root, done)  # a directory: walk() checked it
+            assert parent is not None and parent.children is not None
+            node = parent.children.get(name)
             if node is None:
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-            is_last = not pending
-            if stat.S_ISLNK(node.mode) and (follow or not is_last):
-                links += 1
-                if links > MAX_SYMLINKS:
-                    raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-                if node.target.startswith("/"):
-                    done, nodes = [], nodes[:1]
-                pending.extend(reversed([c for c in node.target.split("/") if c]))
-                continue
-            if not is_last and node.children is None:
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
-            done.append(name)
-            nodes.append(node)
-        return "/" + "/".join(done)
+                raise FileNotFoundError(name)
+            if stat.S_ISLNK(node.mode):
+                return node.target, False
+            return None, node.children is not None
+
+        return "/" + "/".join(walk(path, lookup, cwd=cwd, follow=follow))
 
     def node(self, name: str) -> Node:
         """The node at ``name`` (a path of the tree, symlinks not followed)."""

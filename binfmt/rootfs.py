@@ -26,7 +26,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Optional
 
@@ -39,30 +39,39 @@ __all__ = [
     "MAX_SYMLINKS",
     "DirectoryRoot",
     "ExecFile",
+    "Lookup",
     "OpenedFile",
     "Root",
     "open_exec_file",
     "resolve",
+    "walk",
 ]
 
 #: The kernel gives ELOOP after this many symlinks in one lookup.
 MAX_SYMLINKS = 40
 
 
-def resolve(rootfs: str, path: str, *, cwd: str = "/", follow: bool = True) -> str:
-    """The host path of ``path`` as seen from inside ``rootfs``.
+#: One step of a path walk: what ``name`` is in the directory the components so far
+#: lead to, as ``(symlink target or None, whether a directory)``; raises
+#: :class:`FileNotFoundError` (or :class:`NotADirectoryError`) when it is not there.
+Lookup = Callable[[Sequence[str], str], tuple[Optional[str], bool]]
 
-    ``path`` is absolute inside ``rootfs`` or relative to ``cwd`` (itself
-    inside ``rootfs``). With ``follow`` a final symlink is followed too.
-    Raises :class:`FileNotFoundError`, :class:`NotADirectoryError` or an
-    ``OSError`` with ``ELOOP`` as the kernel's lookup would, with the path as
-    seen inside ``rootfs`` in the message.
+
+def walk(path: str, lookup: Lookup, *, cwd: str = "/", follow: bool = True) -> list[str]:
+    """The kernel's walk of ``path`` inside a root: the components it leads to.
+
+    The one definition of the lookup rules for every kind of root (a directory
+    here, an archive's tree in :mod:`binfmt.archive`): ``..`` stops at the
+    root, an absolute symlink starts again from the root, at most
+    :data:`MAX_SYMLINKS` links (then ``ELOOP``), every component but the last
+    a directory (else ``ENOTDIR``), the last followed only with ``follow``.
+    ``path`` is absolute inside the root or relative to ``cwd`` (itself inside
+    the root). Errors carry ``path`` as seen inside the root.
     """
-    root = os.path.abspath(rootfs)
-    start = path if path.startswith("/") else os.path.join(cwd, path)
+    start = path if path.startswith("/") else cwd.rstrip("/") + "/" + path
     pending = [c for c in start.split("/") if c]
     pending.reverse()
-    done: list[str] = []  # components below root, all resolved and directories
+    done: list[str] = []  # components below the root, all resolved and directories
     links = 0
     while pending:
         name = pending.pop()
@@ -72,27 +81,46 @@ def resolve(rootfs: str, path: str, *, cwd: str = "/", follow: bool = True) -> s
             if done:
                 done.pop()
             continue
-        host = os.path.join(root, *done, name)
         try:
-            st = os.lstat(host)
+            target, is_dir = lookup(done, name)
         except FileNotFoundError:
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path) from None
         except NotADirectoryError:
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
         is_last = not pending
-        if stat.S_ISLNK(st.st_mode) and (follow or not is_last):
+        if target is not None and (follow or not is_last):
             links += 1
             if links > MAX_SYMLINKS:
                 raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
-            target = os.readlink(host)
             if target.startswith("/"):
                 done = []
-            more = [c for c in target.split("/") if c]
-            pending.extend(reversed(more))
+            pending.extend(reversed([c for c in target.split("/") if c]))
             continue
-        if not is_last and not stat.S_ISDIR(st.st_mode):
+        if not is_last and not is_dir:
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
         done.append(name)
+    return done
+
+
+def resolve(rootfs: str, path: str, *, cwd: str = "/", follow: bool = True) -> str:
+    """The host path of ``path`` as seen from inside ``rootfs`` (a directory).
+
+    ``path`` is absolute inside ``rootfs`` or relative to ``cwd`` (itself
+    inside ``rootfs``). With ``follow`` a final symlink is followed too.
+    Raises :class:`FileNotFoundError`, :class:`NotADirectoryError` or an
+    ``OSError`` with ``ELOOP`` as the kernel's lookup would, with the path as
+    seen inside ``rootfs`` in the message (:func:`walk`).
+    """
+    root = os.path.abspath(rootfs)
+
+    def lookup(done: Sequence[str], name: str) -> tuple[Optional[str], bool]:
+        host = os.path.join(root, *done, name)
+        st = os.lstat(host)
+        if stat.S_ISLNK(st.st_mode):
+            return os.readlink(host), False
+        return None, stat.S_ISDIR(st.st_mode)
+
+    done = walk(path, lookup, cwd=cwd, follow=follow)
     return os.path.join(root, *done) if done else root
 
 
