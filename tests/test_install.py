@@ -373,3 +373,40 @@ def test_quiet_and_refresh(
     assert main([*argv, "--refresh"]) == 0
     assert "re-register (--refresh)" in capsys.readouterr().out
     assert misc.state().names == ("qemu-aarch64", "newer")  # registered again: newest now
+
+
+# -- pinned by mutation testing (tests/tools/mutants.py) -----------------------------------
+
+
+def test_qemu_is_found_in_a_path_directory_outside_the_search_dirs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SEARCH_DIRS first, then every PATH directory not already searched."""
+    from binfmt.install import SEARCH_DIRS, find_interpreter
+
+    suffix = "-only-in-this-test"
+    binary = tmp_path / f"qemu-aarch64{suffix}"
+    binary.write_bytes(b"#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{SEARCH_DIRS[0]}:{tmp_path}")
+    opts = InstallOptions(qemu_suffix=suffix)
+    assert find_interpreter(qemu.get("aarch64"), opts) == str(binary)
+    monkeypatch.setenv("PATH", SEARCH_DIRS[0])
+    assert find_interpreter(qemu.get("aarch64"), opts) is None
+
+
+def test_a_missing_interpreter_names_where_it_was_looked_for(
+    fake_binfmt_misc: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The finding names the directory given, or the search dirs and PATH."""
+    from binfmt.install import SEARCH_DIRS
+
+    monkeypatch.setenv("PATH", "")
+    state = fake_binfmt_misc().state()
+    for opts, where in (
+        (InstallOptions(qemu_suffix="-no-such-suffix"), ", ".join(SEARCH_DIRS) + " and PATH"),
+        (InstallOptions(qemu_path=str(tmp_path)), str(tmp_path)),
+    ):
+        the_plan = plan(["aarch64"], opts, state=state, host=X86)
+        (missing,) = [f for f in the_plan.findings if f.code == "interpreter-missing"]
+        assert missing.message == f"qemu-aarch64 not found in {where}", missing.message

@@ -163,6 +163,20 @@ EXPLAINED: dict[str, str] = {
         "only root '/' reaches the changed branch, where the file at the path and the exec "
         "path looked up from '/' are the same file"
     ),
+    # _unescape_hex runs on fields the scan phase (scanarg) let through, where
+    # every \x is followed by two hex digits: its one-digit and end-of-field
+    # cases are the kernel's (string_unescape) but never reached from a line.
+    "entry:_unescape_hex#45: 1 -> 0 (line 718)": "two hex digits always follow \\x",
+    "entry:_unescape_hex#47: 1 -> 2 (line 718)": "two hex digits always follow \\x",
+    "entry:_unescape_hex#52: 16 -> 17 (line 722)": "int(c, 17) == int(c, 16) for a hex digit",
+    "entry:_parse_status#8: cut >= 0 -> cut > 0": (
+        "a cut at 0 is an empty interpreter, which no kernel writes; a hand-made file with "
+        "one is MalformedStatus either way (only the wording differs)"
+    ),
+    "entry:_parse_status#10: 0 -> 1 (line 785)": "as _parse_status#8",
+    "install:_plan_target#9: True -> False (line 280)": (
+        "the default of this_machine: the one caller passes it"
+    ),
     "rootfs:walk#1: True -> False (line 60)": (
         "the default of follow: every caller in the library passes it"
     ),
