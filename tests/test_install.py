@@ -410,3 +410,25 @@ def test_a_missing_interpreter_names_where_it_was_looked_for(
         the_plan = plan(["aarch64"], opts, state=state, host=X86)
         (missing,) = [f for f in the_plan.findings if f.code == "interpreter-missing"]
         assert missing.message == f"qemu-aarch64 not found in {where}", missing.message
+    # The entry planned names the path it was expected at: the first search dir.
+    (step,) = plan(["aarch64"], InstallOptions(qemu_suffix="-x"), state=state, host=X86).steps
+    assert step.entry.interpreter == f"{SEARCH_DIRS[0]}/qemu-aarch64-x"
+
+
+def test_shadows_entry_only_for_another_enabled_entry_of_the_same_target(
+    fake_binfmt_misc: Any, tmp_path: Path
+) -> None:
+    """An older entry that runs the target's binaries is named; unrelated or disabled ones not."""
+    path = fake_qemu(tmp_path, "aarch64")
+    theirs = qemu.get("aarch64").to_entry("/opt/other/qemu-aarch64", "").to_register()
+    theirs = theirs.replace(":qemu-aarch64:", ":their-arm64:", 1)
+    for lines, shadowed in (
+        ([":jar:E::jar::/usr/bin/jexec:"], []),
+        ([theirs], ["their-arm64"]),
+        ([theirs, "-1"], []),
+    ):
+        misc = fake_binfmt_misc([lines[0]])
+        if lines[1:]:
+            misc.disable("their-arm64")
+        the_plan = plan(["aarch64"], InstallOptions(qemu_path=path), state=misc.state(), host=X86)
+        assert [f.entry for f in the_plan.findings if f.code == "shadows-entry"] == shadowed
