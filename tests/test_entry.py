@@ -418,3 +418,14 @@ def test_before_4_18_an_offset_wraps_as_an_unsigned_long_stored_in_an_int() -> N
     with pytest.raises(InvalidEntry) as info:
         Entry.parse(b":n:M:4294967297:A::/bin/x:", K618)
     assert info.value.field == "offset"
+
+
+def test_entry_file_errors_name_the_line_as_the_kernel_wrote_it() -> None:
+    """The line number counts the newlines inside the interpreter; line 1 is quoted alone."""
+    with pytest.raises(MalformedStatus, match=r"line 4: invalid flags 'Z'"):
+        Entry.from_status("n", "enabled\ninterpreter /bin/a\nb\nflags: Z\nextension .x\n")
+    with pytest.raises(MalformedStatus, match=r"line 3: invalid flags 'Z'"):
+        Entry.from_status("n", "enabled\ninterpreter /bin/a\nflags: Z\nextension .x\n")
+    with pytest.raises(MalformedStatus) as info:
+        Entry.from_status("n", "bogus\ninterpreter /bin/a\nflags: \nextension .x\n")
+    assert str(info.value).endswith("line 1 'bogus' should be 'enabled' or 'disabled'")
