@@ -432,3 +432,13 @@ def test_shadows_entry_only_for_another_enabled_entry_of_the_same_target(
             misc.disable("their-arm64")
         the_plan = plan(["aarch64"], InstallOptions(qemu_path=path), state=misc.state(), host=X86)
         assert [f.entry for f in the_plan.findings if f.code == "shadows-entry"] == shadowed
+
+
+def test_uninstall_by_name_leaves_qemu_entries_alone(fake_binfmt_misc: Any) -> None:
+    """Naming an entry removes that one; QEMU's entries go only with all_qemu."""
+    arm64 = qemu.get("aarch64").to_entry("/usr/bin/qemu-aarch64-static", "F").to_register()
+    misc = fake_binfmt_misc([arm64, ":jar:E::jar::/usr/bin/jexec:"])
+    removed = [s.entry.name for s in plan_uninstall(["jar"], state=misc.state()).steps]
+    assert removed == ["jar"]
+    every = plan_uninstall(["jar"], state=misc.state(), all_qemu=True).steps
+    assert sorted(s.entry.name for s in every) == ["jar", "qemu-aarch64"]

@@ -174,6 +174,10 @@ EXPLAINED: dict[str, str] = {
         "one is MalformedStatus either way (only the wording differs)"
     ),
     "entry:_parse_status#10: 0 -> 1 (line 785)": "as _parse_status#8",
+    "entry:_parse_status#23: 1 -> 2 (line 793)": (
+        "the byte after a found '\\nflags: ' is 'f': the next one cannot start there"
+    ),
+    "entry:_parse_status#27: 1 -> 2 (line 773)": "the first line is the same however many splits",
     "install:_plan_target#9: True -> False (line 280)": (
         "the default of this_machine: the one caller passes it"
     ),
