@@ -429,3 +429,19 @@ def test_entry_file_errors_name_the_line_as_the_kernel_wrote_it() -> None:
     with pytest.raises(MalformedStatus) as info:
         Entry.from_status("n", "bogus\ninterpreter /bin/a\nflags: \nextension .x\n")
     assert str(info.value).endswith("line 1 'bogus' should be 'enabled' or 'disabled'")
+
+
+@pytest.mark.parametrize(
+    ("offset", "read"),
+    [("10", 10), ("0", 0), ("255", 255), ("01", None), ("", None), ("+1", None), ("1 ", None)],
+)
+def test_entry_file_offsets_are_read_only_as_the_kernel_prints_them(
+    offset: str, read: object
+) -> None:
+    """%i of an int: no sign, no leading zero, not empty; a trailing zero is fine."""
+    text = f"enabled\ninterpreter /bin/a\nflags: \noffset {offset}\nmagic 41\n"
+    if read is None:
+        with pytest.raises(MalformedStatus, match="offset"):
+            Entry.from_status("n", text)
+    else:
+        assert Entry.from_status("n", text).offset == read

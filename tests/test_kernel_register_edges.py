@@ -319,6 +319,27 @@ def test_syntax_faults_come_before_the_name_lookup(binfmt_sandbox: Sandbox, line
     assert expected(line, RULES) == got
 
 
+@pytest.mark.parametrize(
+    "line",
+    [
+        b":n:M::AB\\::/bin/true:",  # a backslash last in the magic
+        b":n:M::AB::\\\\:",  # an interpreter of two backslashes
+        b":n:M::A\\q::/bin/true:",  # a backslash before a byte that is not x
+        b":n:M::\\\\x41::/bin/true:",  # an escaped backslash before x41
+        b":n:M::AB:\\\\:/bin/true:",  # a mask of two backslashes
+    ],
+)
+def test_backslashes_that_are_not_hex_escapes(binfmt_sandbox: Sandbox, line: bytes) -> None:
+    """string_unescape() keeps a backslash it cannot use: the entry file is the kernel's
+    (surviving mutants of _unescape_hex's end-of-field tests)."""
+    box = binfmt_sandbox
+    try:
+        got = _kernel(box, line)
+    finally:
+        box.reset()
+    assert got == expected(line, RULES)
+
+
 def test_edge_cases_are_what_the_library_refuses() -> None:
     """The strata's lines are decided by the rules they aim at (no kernel needed)."""
     reasons: Counter[str] = Counter()

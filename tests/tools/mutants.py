@@ -169,6 +169,23 @@ EXPLAINED: dict[str, str] = {
     "entry:_unescape_hex#45: 1 -> 0 (line 718)": "two hex digits always follow \\x",
     "entry:_unescape_hex#47: 1 -> 2 (line 718)": "two hex digits always follow \\x",
     "entry:_unescape_hex#52: 16 -> 17 (line 722)": "int(c, 17) == int(c, 16) for a hex digit",
+    "entry:_unescape_hex#29: i < n and raw[i] in _HEX: And -> Or": "two hex digits follow \\x",
+    "entry:_unescape_hex#32: 1 -> 2 (line 716)": (
+        "a backslash second to last is kept either way: with the byte after it when that is "
+        "not x (the same bytes), and \\x with one digit cannot come through scanarg"
+    ),
+    "entry:_unescape_hex#37: 16 -> 17 (line 719)": "int(c, 17) == int(c, 16) for a hex digit",
+    "entry:_unescape_hex#39: i < n -> i <= n": "two hex digits follow \\x",
+    "entry:_unescape_hex#44: 1 -> 2 (line 718)": (
+        "the first and second digit after \\x are both hex digits: testing either is the same"
+    ),
+    "entry:_offset_line#8: int(digits) > INT_MAX -> int(digits) >= INT_MAX": (
+        "an offset above 255 is refused afterwards by the window rule (MalformedStatus "
+        "either way); the int limits only keep int() away from long texts"
+    ),
+    "entry:_offset_line#10: 0 < len(digits) <= _INT_DIGITS -> 0 < len(digits) < _INT_DIGITS": (
+        "as _offset_line#8: ten digits are over 255"
+    ),
     "entry:_parse_status#8: cut >= 0 -> cut > 0": (
         "a cut at 0 is an empty interpreter, which no kernel writes; a hand-made file with "
         "one is MalformedStatus either way (only the wording differs)"
