@@ -442,3 +442,34 @@ def test_uninstall_by_name_leaves_qemu_entries_alone(fake_binfmt_misc: Any) -> N
     assert removed == ["jar"]
     every = plan_uninstall(["jar"], state=misc.state(), all_qemu=True).steps
     assert sorted(s.entry.name for s in every) == ["jar", "qemu-aarch64"]
+
+
+def test_uninstall_of_a_target_says_when_nothing_is_registered_for_it(
+    fake_binfmt_misc: Any,
+) -> None:
+    """A target with no QEMU entry: 'nothing-to-remove'; with one, it is removed, no finding."""
+    arm64 = qemu.get("aarch64").to_entry("/usr/bin/qemu-aarch64-static", "").to_register()
+    empty = plan_uninstall(["arm64"], state=fake_binfmt_misc([]).state())
+    assert [f.code for f in empty.findings] == ["nothing-to-remove"] and not empty.steps
+    some = plan_uninstall(["arm64"], state=fake_binfmt_misc([arm64]).state())
+    assert [s.entry.name for s in some.steps] == ["qemu-aarch64"] and not some.findings
+
+
+def test_uninstall_refuses_what_it_cannot_put_back_unless_forced(
+    fake_binfmt_misc: Any, tmp_path: Path
+) -> None:
+    """Two F entries whose files are gone: if the second removal failed, the first could
+    not be registered again, so the plan is refused by default and goes ahead with force."""
+    lines = []
+    for name in ("gone1", "gone2"):
+        interp = tmp_path / name
+        interp.write_bytes(b"#!/bin/sh\n")
+        interp.chmod(0o755)
+        lines.append(f":{name}:M::\\x01{name}::{interp}:F")
+    misc = fake_binfmt_misc(lines)
+    for name in ("gone1", "gone2"):
+        (tmp_path / name).unlink()
+    refused = plan_uninstall(["gone1", "gone2"], state=misc.state())
+    assert not refused.ok and refused.cannot_restore
+    assert "cannot-restore" in [f.code for f in refused.findings]
+    assert plan_uninstall(["gone1", "gone2"], state=misc.state(), force=True).ok
