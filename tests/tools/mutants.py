@@ -242,6 +242,9 @@ EXPLAINED: dict[str, str] = {
     "entry:_RegisterParser.scanarg#12: s < len(buf) -> s <= len(buf)": (
         "the buffer ends in padding delimiters, so a backslash is never its last byte"
     ),
+    "entry:_RegisterParser.scanarg#29: s >= len(buf) -> s > len(buf)": (
+        "the hex digits after \\x are read at most two bytes into the padding, which has eight"
+    ),
     "entry:_RegisterParser.scanarg#5: s >= len(buf) -> s > len(buf)": (
         "a scan always stops at a padding delimiter: one \\x escape can swallow two "
         "padding bytes (a hex-digit delimiter), leaving six"
