@@ -442,6 +442,11 @@ def test_uninstall_by_name_leaves_qemu_entries_alone(fake_binfmt_misc: Any) -> N
     assert removed == ["jar"]
     every = plan_uninstall(["jar"], state=misc.state(), all_qemu=True).steps
     assert sorted(s.entry.name for s in every) == ["jar", "qemu-aarch64"]
+    only_qemu = plan_uninstall([], state=misc.state(), all_qemu=True).steps
+    assert sorted((s.action, s.entry.name) for s in only_qemu) == [
+        ("remove", "qemu-aarch64"),
+        ("unchanged", "jar"),
+    ]
 
 
 def test_uninstall_of_a_target_says_when_nothing_is_registered_for_it(
