@@ -478,3 +478,21 @@ def test_uninstall_refuses_what_it_cannot_put_back_unless_forced(
     assert not refused.ok and refused.cannot_restore
     assert "cannot-restore" in [f.code for f in refused.findings]
     assert plan_uninstall(["gone1", "gone2"], state=misc.state(), force=True).ok
+
+
+def test_apply_takes_the_writer_lock_unless_told_it_holds_it(
+    fake_binfmt_misc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apply() locks the instance itself; locked=True is for a caller inside lock()."""
+    from binfmt import install
+    from binfmt.errors import LockTimeout
+
+    monkeypatch.setattr(install, "LOCK_TIMEOUT", 0.05)
+    misc = fake_binfmt_misc([])
+    the_plan = install.plan_entries([Entry("new", "/bin/true", magic=b"NW")], state=misc.state())
+    with install.lock(misc.path):
+        with pytest.raises(LockTimeout):
+            apply(the_plan, misc)
+        assert misc.names() == []
+        apply(the_plan, misc, locked=True)
+    assert misc.names() == ["new"]
