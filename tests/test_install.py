@@ -496,3 +496,72 @@ def test_apply_takes_the_writer_lock_unless_told_it_holds_it(
         assert misc.names() == []
         apply(the_plan, misc, locked=True)
     assert misc.names() == ["new"]
+
+
+def test_a_plan_with_errors_is_refused_naming_its_errors(fake_binfmt_misc: Any) -> None:
+    """apply() writes nothing for a plan with errors, and says which."""
+    from binfmt.findings import Finding
+    from binfmt.install import plan_entries
+
+    misc = fake_binfmt_misc([])
+    the_plan = attrs.evolve(
+        plan_entries([Entry("n", "/bin/true", magic=b"NW")], state=misc.state()),
+        findings=(
+            Finding("unknown-name", message="the error said", severity="error"),
+            Finding("shadows-entry", message="the warning said", severity="warning"),
+        ),
+    )
+    with pytest.raises(InstallError) as info:
+        apply(the_plan, misc)
+    assert "the error said" in str(info.value) and "the warning said" not in str(info.value)
+    assert misc.names() == []
+
+
+def test_an_f_file_replaced_during_the_run_is_named_by_the_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An F entry's file replaced while the plan runs (a QEMU upgrade): put back, it holds the
+    new file, and the error says so; a non-F entry's new file is just its path again."""
+    import errno
+    import os
+    import time
+
+    from binfmt import BinfmtMisc
+    from binfmt.install import plan_entries
+    from binfmt.testing import make_fake_procfs
+
+    files = tmp_path / "files"
+    files.mkdir()
+    for name in ("f", "plain"):
+        (files / name).write_bytes(b"#!/bin/sh\n")
+        (files / name).chmod(0o755)
+    fixed = Entry("fixed", str(files / "f"), magic=b"\x01F", flags="F")
+    plain = Entry("plain", str(files / "plain"), magic=b"\x01P")
+    misc = make_fake_procfs(tmp_path / "p", [fixed, plain])
+    time.sleep(0.005)
+    wanted = [
+        attrs.evolve(fixed, interpreter="/bin/true"),
+        attrs.evolve(plain, interpreter="/bin/true"),
+        Entry("fresh", "/bin/true", magic=b"\x02"),
+    ]
+    the_plan = plan_entries(wanted, state=misc.state())
+    real = BinfmtMisc._write
+    calls = [0]
+
+    def write(self: BinfmtMisc, name: str, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 2:  # after the first write: both files replaced on disk
+            for file in ("f", "plain"):
+                (files / "new").write_bytes(b"#!/bin/sh\n# new\n")
+                (files / "new").chmod(0o755)
+                os.replace(files / "new", files / file)
+        if calls[0] == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(self, name, data)
+
+    monkeypatch.setattr(BinfmtMisc, "_write", write)
+    with pytest.raises(InstallError) as info:
+        apply(the_plan, misc)
+    notes = [d for d in info.value.differences if "holds the file now" in d]
+    assert len(notes) == 1 and "'fixed'" in notes[0], info.value.differences
+    assert not info.value.restored
