@@ -565,3 +565,32 @@ def test_an_f_file_replaced_during_the_run_is_named_by_the_rollback(
     notes = [d for d in info.value.differences if "holds the file now" in d]
     assert len(notes) == 1 and "'fixed'" in notes[0], info.value.differences
     assert not info.value.restored
+
+
+@pytest.mark.parametrize(("undo_failures", "restored"), [(0, True), (2, True), (3, False)])
+def test_the_way_back_is_tried_three_times(
+    fake_binfmt_misc: Any, monkeypatch: pytest.MonkeyPatch, undo_failures: int, restored: bool
+) -> None:
+    """A write of the way back that fails is tried again from a fresh read, three times in all."""
+    import errno
+    import os
+
+    from binfmt.install import plan_entries
+
+    misc = fake_binfmt_misc([])
+    wanted = [Entry("a", "/bin/true", magic=b"\x01A"), Entry("b", "/bin/true", magic=b"\x01B")]
+    the_plan = plan_entries(wanted, state=misc.state())
+    real = type(misc)._write
+    calls = [0]
+
+    def write(self: Any, name: str, data: bytes) -> None:
+        calls[0] += 1
+        if calls[0] == 2 or 3 <= calls[0] < 3 + undo_failures:  # the plan's 2nd, then undos
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(self, name, data)
+
+    monkeypatch.setattr(type(misc), "_write", write)
+    with pytest.raises(InstallError) as info:
+        apply(the_plan, misc)
+    assert info.value.restored is restored, str(info.value)
+    assert (misc.names() == []) is restored

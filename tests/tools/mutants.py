@@ -195,6 +195,12 @@ EXPLAINED: dict[str, str] = {
         "the byte after a found '\\nflags: ' is 'f': the next one cannot start there"
     ),
     "entry:_parse_status#27: 1 -> 2 (line 773)": "the first line is the same however many splits",
+    "install:_roll_back#11: break -> continue (line 1117)": (
+        "with no write left, another turn reads again and finds none again"
+    ),
+    "install:_roll_back#13: break -> continue (line 1132)": (
+        "after a way back whose writes all succeeded, another turn finds nothing to write"
+    ),
     "install:_plan_target#9: True -> False (line 280)": (
         "the default of this_machine: the one caller passes it"
     ),
