@@ -594,3 +594,40 @@ def test_the_way_back_is_tried_three_times(
         apply(the_plan, misc)
     assert info.value.restored is restored, str(info.value)
     assert (misc.names() == []) is restored
+
+
+def test_the_rollback_writes_nothing_from_a_state_it_could_not_read(
+    fake_binfmt_misc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When reading binfmt_misc again fails mid-rollback, it stops: no write from a stale view."""
+    import errno
+    import os
+
+    from binfmt.errors import BinfmtError
+    from binfmt.install import plan_entries
+
+    misc = fake_binfmt_misc([])
+    wanted = [Entry("a", "/bin/true", magic=b"\x01A"), Entry("b", "/bin/true", magic=b"\x01B")]
+    the_plan = plan_entries(wanted, state=misc.state())
+    cls = type(misc)
+    real_write, real_state = cls._write, cls.state
+    writes, reads = [0], [0]
+
+    def write(self: Any, name: str, data: bytes) -> None:
+        writes[0] += 1
+        if writes[0] in (2, 3):  # the plan's 2nd write, then the first write of the way back
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_write(self, name, data)
+
+    def state(self: Any) -> Any:
+        reads[0] += 1
+        if reads[0] == 3:  # before, the rollback's first read, then this one fails
+            raise BinfmtError("cannot read binfmt_misc (injected)")
+        return real_state(self)
+
+    monkeypatch.setattr(cls, "_write", write)
+    monkeypatch.setattr(cls, "state", state)
+    with pytest.raises(InstallError) as info:
+        apply(the_plan, misc)
+    assert writes[0] == 3 and not info.value.restored, str(info.value)
+    assert misc.names() == ["a"]
