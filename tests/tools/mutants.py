@@ -169,6 +169,10 @@ EXPLAINED: dict[str, str] = {
     "entry:_unescape_hex#45: 1 -> 0 (line 718)": "two hex digits always follow \\x",
     "entry:_unescape_hex#47: 1 -> 2 (line 718)": "two hex digits always follow \\x",
     "entry:_unescape_hex#52: 16 -> 17 (line 722)": "int(c, 17) == int(c, 16) for a hex digit",
+    "entry:_unescape_hex#25: i + 1 < n -> i + 1 <= n": (
+        "\\x last in a field cannot come through scanarg (two hex digits must follow)"
+    ),
+    "entry:_unescape_hex#36: i + 1: Add -> Sub": "as _unescape_hex#25",
     "entry:_unescape_hex#29: i < n and raw[i] in _HEX: And -> Or": "two hex digits follow \\x",
     "entry:_unescape_hex#32: 1 -> 2 (line 716)": (
         "a backslash second to last is kept either way: with the byte after it when that is "
