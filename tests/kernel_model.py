@@ -14,8 +14,9 @@ import stat
 from typing import Union
 
 from binfmt.entry import Entry, Flags
-from binfmt.errors import InvalidEntry
+from binfmt.errors import InvalidEntry, KernelError
 from binfmt.kernel import KernelRules
+from binfmt.sandbox import Sandbox
 
 #: ("ok", entry file bytes) or ("err", errno name)
 Outcome = tuple[str, Union[bytes, str]]
@@ -63,3 +64,15 @@ def _fixed_interpreter(line: bytes, rules: KernelRules) -> Union[str, None]:
     except InvalidEntry:
         return None
     return entry.interpreter if Flags.FIX_BINARY in entry.flags else None
+
+
+def kernel_answer(box: Sandbox, line: bytes) -> Outcome:
+    """What the sandbox's kernel answers to ``line``: its errno, or the entry file it writes."""
+    misc = box.misc
+    try:
+        misc.register(line)
+    except KernelError as exc:
+        return "err", exc.errno_name
+    (name,) = misc.names()
+    with open(os.path.join(misc.path, name), "rb") as f:
+        return "ok", f.read()

@@ -14,11 +14,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from binfmt.errors import KernelError
 from binfmt.kernel import KernelRules
 from binfmt.sandbox import Sandbox
 
-from .kernel_model import expected
+from .kernel_model import expected, kernel_answer
 
 pytestmark = pytest.mark.kernel
 
@@ -218,18 +217,6 @@ def plausible_lines(draw: st.DrawFn) -> bytes:
     return line + draw(st.sampled_from([b"", b"\n"]))
 
 
-def _kernel_answer(box: Sandbox, line: bytes) -> tuple[str, object]:
-    misc = box.misc
-    try:
-        misc.register(line)
-    except KernelError as exc:
-        return "err", exc.errno_name
-    names = misc.names()
-    assert len(names) == 1, names
-    with open(os.path.join(misc.path, names[0]), "rb") as f:
-        return "ok", f.read()
-
-
 @settings(
     max_examples=EXAMPLES,
     deadline=None,
@@ -239,7 +226,7 @@ def _kernel_answer(box: Sandbox, line: bytes) -> tuple[str, object]:
 def test_kernel_and_library_agree(binfmt_sandbox: Sandbox, line: bytes) -> None:
     """For any line, the kernel's accept/refuse (errno) and entry text equal the library's."""
     try:
-        got = _kernel_answer(binfmt_sandbox, line)
+        got = kernel_answer(binfmt_sandbox, line)
     finally:
         binfmt_sandbox.reset()
     assert got == expected(line, KernelRules.running())

@@ -37,12 +37,12 @@ from collections.abc import Iterator
 import pytest
 
 from binfmt import Entry
-from binfmt.errors import InvalidEntry, KernelError
+from binfmt.errors import InvalidEntry
 from binfmt.kernel import KernelRules
 from binfmt.sandbox import Sandbox
 
 from .entry_readings import readings
-from .kernel_model import expected
+from .kernel_model import expected, kernel_answer
 
 pytestmark = pytest.mark.kernel
 
@@ -225,17 +225,6 @@ def cases() -> Iterator[tuple[str, bytes]]:
             yield "newline-fields", _magic_line(rng, delim=d, interp=interp, flags=flags)
 
 
-def _kernel(box: Sandbox, line: bytes) -> tuple[str, object]:
-    misc = box.misc
-    try:
-        misc.register(line)
-    except KernelError as exc:
-        return "err", exc.errno_name
-    (name,) = misc.names()
-    with open(os.path.join(misc.path, name), "rb") as f:
-        return "ok", f.read()
-
-
 @pytest.mark.timeout(600)
 def test_register_lines_at_the_edges(binfmt_sandbox: Sandbox) -> None:
     """Accept/refuse (errno) and entry file bytes are the kernel's; entries read back exactly."""
@@ -247,7 +236,7 @@ def test_register_lines_at_the_edges(binfmt_sandbox: Sandbox) -> None:
     failures = []
     for stratum, line in cases():
         try:
-            got = _kernel(box, line)
+            got = kernel_answer(box, line)
             if got[0] == "ok":
                 # The library reads the kernel's entry file back (state(), as status does).
                 state = box.misc.state()
@@ -312,7 +301,7 @@ def test_syntax_faults_come_before_the_name_lookup(binfmt_sandbox: Sandbox, line
     (surviving mutants of the parser's name, extension and magic checks)."""
     box = binfmt_sandbox
     try:
-        got = _kernel(box, line)
+        got = kernel_answer(box, line)
     finally:
         box.reset()
     assert got == ("err", "EINVAL")
@@ -334,7 +323,7 @@ def test_backslashes_that_are_not_hex_escapes(binfmt_sandbox: Sandbox, line: byt
     (surviving mutants of _unescape_hex's end-of-field tests)."""
     box = binfmt_sandbox
     try:
-        got = _kernel(box, line)
+        got = kernel_answer(box, line)
     finally:
         box.reset()
     assert got == expected(line, RULES)
