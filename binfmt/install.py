@@ -722,6 +722,16 @@ def _restore_writes(
     return writes
 
 
+def _registrable(pinned: Collection[str]) -> Callable[[Entry], bool]:
+    """Whether a rollback registers an entry again: any entry, but a pinned one (its
+    ``F`` file cannot be put back as it was) only while its path still holds a file."""
+
+    def can_register(entry: Entry) -> bool:
+        return entry.name not in pinned or os.path.exists(entry.interpreter)
+
+    return can_register
+
+
 def _way_back(
     current: Sequence[Entry],
     target: Sequence[Entry],
@@ -837,9 +847,7 @@ def _prove_undo(writes: Sequence[_Write], state: State, problems: Mapping[str, s
     if not problems:
         return _Proof(lost, ())  # every entry can be registered again: the way back is exact
 
-    def can_register(entry: Entry) -> bool:  # as the rollback decides it (_roll_back)
-        return entry.name not in problems or os.path.exists(entry.interpreter)
-
+    can_register = _registrable(problems)  # as the rollback decides it (_roll_back)
     for k in range(1, len(writes)):
         current = _simulate(target, writes[:k])
         back = _way_back(current, target, problems, can_register)
@@ -1105,9 +1113,7 @@ def _roll_back(
     changed_files = {n for n, fid in held.items() if _file_id(_interpreter_of(before, n)) != fid}
     pinned = set(problems) | changed_files
 
-    def can_register(entry: Entry) -> bool:
-        return entry.name not in pinned or os.path.exists(entry.interpreter)
-
+    can_register = _registrable(pinned)
     ours = _left_by_this_run(before, now, writes, done)
     # Stop at the first write of the way back that fails, read again and try
     # once more from there: a write that depends on a failed one could lose more.

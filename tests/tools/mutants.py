@@ -93,6 +93,7 @@ RULES: dict[str, tuple[str, ...]] = {
         "plan_uninstall",
         "_check_unchanged",
         "_apply_step",
+        "_registrable",
         "_roll_back",
         "apply",
     ),
@@ -199,10 +200,10 @@ EXPLAINED: dict[str, str] = {
         "the byte after a found '\\nflags: ' is 'f': the next one cannot start there"
     ),
     "entry:_parse_status#27: 1 -> 2 (line 773)": "the first line is the same however many splits",
-    "install:_roll_back#11: break -> continue (line 1117)": (
+    "install:_roll_back#10: break -> continue (line 1123)": (
         "with no write left, another turn reads again and finds none again"
     ),
-    "install:_roll_back#13: break -> continue (line 1132)": (
+    "install:_roll_back#12: break -> continue (line 1138)": (
         "after a way back whose writes all succeeded, another turn finds nothing to write"
     ),
     "install:_plan_target#9: True -> False (line 280)": (
